@@ -1,0 +1,1 @@
+"""The ``squid`` command line."""

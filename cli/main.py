@@ -1,0 +1,129 @@
+"""``squid``: one entry point with a subcommand per job.
+
+Training commands import torch lazily, so ``squid score`` / ``serve`` / ``worker`` stay torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="squid",
+    help="SQUID chest X-ray anomaly scoring: train, evaluate, export, score, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path,
+        typer.Option(help="Folder with NORMAL/ and anomalous class folders, or MNIST .npy folder."),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Best checkpoint to write (a .last file is kept beside it).")
+    ],
+    preset: Annotated[str, typer.Option(help="Config preset: thesis, lite or digit.")] = "thesis",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's .last checkpoint.")] = False,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after this much training time.")
+    ] = None,
+    threshold_rule: Annotated[
+        str, typer.Option(help="f1_optimal or normal_percentile.")
+    ] = "f1_optimal",
+    val_normal: Annotated[int, typer.Option(help="Normal images held out for validation.")] = 100,
+    val_anomalous: Annotated[
+        int, typer.Option(help="Anomalous images held out for validation.")
+    ] = 100,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field: name=JSON value.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+) -> None:
+    """Train SQUID on normal images, select the best epoch on validation, calibrate and threshold."""
+    import torch
+
+    from model.config import preset as get_preset
+    from training.pipeline import SplitSpec
+    from training.pipeline import train as run_training
+    from training.trainer import TrainOptions
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        config = get_preset(preset)
+        overrides = dict(_parse_override(item) for item in set_ or [])
+        if overrides:
+            config = config.replace(**overrides)
+        best = run_training(
+            config,
+            data,
+            out,
+            TrainOptions(
+                epochs=epochs, seed=seed, threshold_rule=threshold_rule, max_minutes=max_minutes
+            ),
+            SplitSpec(val_normal, val_anomalous, seed),
+            resume=resume,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"best epoch {best.epoch} (score norm {best.score_norm}): validation "
+        + ", ".join(f"{k}={v:.4f}" for k, v in best.validation.items() if isinstance(v, float))
+        + f"\nwrote {out}"
+    )
+
+
+def _parse_override(item: str) -> tuple[str, object]:
+    if "=" not in item:
+        raise ValueError(f"--set expects name=value, got {item!r}")
+    key, value = item.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A calibrated checkpoint from `squid train`.")],
+    data: Annotated[
+        Path, typer.Option(help="Labelled image folder (or MNIST folder for DigitAnatomy).")
+    ],
+    out: Annotated[Path, typer.Option(help="Report folder.")],
+    split: Annotated[
+        str, typer.Option(help="all: every image in DATA; validation: the checkpoint's own split.")
+    ] = "all",
+) -> None:
+    """Write metrics.json, ROC/PR curves, score histograms and a reconstruction grid."""
+    from training.pipeline import evaluate as run_evaluation
+
+    try:
+        metrics = run_evaluation(checkpoint, data, out, split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    keys = ("auc", "accuracy", "f1", "sensitivity", "specificity", "threshold")
+    typer.echo(", ".join(f"{k}={metrics[k]:.4f}" for k in keys) + f"\nreport in {out}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()

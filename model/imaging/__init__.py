@@ -1,0 +1,21 @@
+"""Read X-rays as they really come: DICOM (any common transfer syntax), PNG and JPEG.
+
+``read_image`` returns display-ready float pixels (LUTs applied, MONOCHROME1 inverted, bone
+white) plus identifier-free metadata and soft findings, or raises ``ImageRejected`` with a
+machine-readable reason and the HTTP status the service answers with.
+"""
+
+from .errors import ImageRejected, Reason
+from .reader import DEFAULT_MAX_PIXELS, read_image, read_path
+from .result import DecodedImage, Finding, ImageInfo
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
+    "Finding",
+    "ImageInfo",
+    "ImageRejected",
+    "Reason",
+    "read_image",
+    "read_path",
+]

@@ -1,0 +1,231 @@
+"""Read a DICOM upload into display-ready pixels: parse, gate, decode the first frame, apply LUTs.
+
+Order matters: everything decidable from the header (pixel data present, modality, view, body
+part, size) is checked before any pixel is decoded, so refused uploads and bombs cost no decode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+)
+
+from . import gates, grayscale
+from .errors import ImageRejected, Reason
+from .privacy import Scrubber
+from .result import DecodedImage, Finding, ImageInfo
+
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
+ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless})
+
+
+def read_dicom(data: bytes, *, max_pixels: int, enforce_gates: bool = True) -> DecodedImage:
+    """DICOM bytes -> :class:`DecodedImage`, or :class:`ImageRejected` with the reason.
+
+    pydicom warnings are silenced for the whole read: they quote element values and carry no
+    information the caller needs (problems surface as rejections or findings instead).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read(data, max_pixels=max_pixels, enforce_gates=enforce_gates)
+
+
+def _read(data: bytes, *, max_pixels: int, enforce_gates: bool) -> DecodedImage:
+    findings: list[str] = []
+    ds = _parse(data)
+    scrub = Scrubber.from_dataset(ds)
+    syntax = _ensure_transfer_syntax(ds, findings)
+    _require_pixel_data(ds, syntax)
+    if enforce_gates:
+        _check_acquisition(ds, findings)
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows <= 0 or columns <= 0:
+        raise ImageRejected(Reason.EMPTY_IMAGE, f"image has {rows} rows and {columns} columns")
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if rows * columns * samples > max_pixels:
+        raise ImageRejected(
+            Reason.IMAGE_TOO_LARGE,
+            f"{columns}x{rows}x{samples} samples exceed the limit of {max_pixels}",
+        )
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        findings.append(Finding.MULTI_FRAME_FIRST_USED)
+    if _is_lossy(ds, syntax):
+        findings.append(Finding.LOSSY_COMPRESSED)
+    stored = _decode_first_frame(ds, syntax, scrub)
+    pixels = _to_display(stored, ds, syntax, findings)
+    return DecodedImage(pixels=pixels, info=_info(ds, syntax, pixels.shape), warnings=findings)
+
+
+def _parse(data: bytes) -> Dataset:
+    try:
+        ds = dcmread(BytesIO(data), force=True)
+    except Exception as exc:
+        raise ImageRejected(
+            Reason.UNDECODABLE, f"DICOM header could not be parsed ({type(exc).__name__})"
+        ) from None
+    return ds
+
+
+def _require_pixel_data(ds: Dataset, syntax: UID) -> None:
+    """Tell objects that never had pixels (SR, presentation states) from truncated images.
+
+    pydicom reads truncated files without raising: a cut inside encapsulated pixel data leaves an
+    empty dataset, a cut inside the header leaves its first elements. So an image SOP class or
+    Image Pixel attributes without pixel data mean a damaged file, not an object without pixels.
+    """
+    if any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS):
+        return
+    declared = (_text(ds, "SOPClassUID"), _text(ds.file_meta, "MediaStorageSOPClassUID"))
+    is_image_class = any(uid and "Image Storage" in UID(uid).name for uid in declared)
+    if len(ds) == 0 or is_image_class or any(k in ds for k in IMAGE_PIXEL_KEYWORDS):
+        raise ImageRejected(
+            Reason.UNDECODABLE,
+            f"image without complete pixel data (truncated file?), transfer syntax {_syntax_label(syntax)}",
+        )
+    raise ImageRejected(
+        Reason.NO_PIXEL_DATA, f"DICOM object without pixel data (SOP class {_sop_class_name(ds)})"
+    )
+
+
+def _ensure_transfer_syntax(ds: Dataset, findings: list[str]) -> UID:
+    """Make sure ``file_meta`` names a transfer syntax; bare datasets get the one they were read in.
+
+    pydicom detects implicit/explicit VR and endianness when there is no File Meta; an ACR-NEMA
+    style file is implicit VR little endian, which is also what we assume when nothing is known.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        return UID(str(syntax))
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit is False:
+        syntax = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+    else:
+        syntax = ImplicitVRLittleEndian
+    if meta is None:
+        meta = FileMetaDataset()
+        ds.file_meta = meta
+    meta.TransferSyntaxUID = syntax
+    findings.append(Finding.MISSING_FILE_META)
+    return syntax
+
+
+def _check_acquisition(ds: Dataset, findings: list[str]) -> None:
+    gates.check_modality(_text(ds, "Modality"), findings)
+    view_code = ds.get("ViewCodeSequence")
+    meaning = _text(view_code[0], "CodeMeaning") if view_code else None
+    body_part = _text(ds, "BodyPartExamined")
+    gates.check_view(
+        _text(ds, "ViewPosition"), view_code_meaning=meaning, body_part=body_part, findings=findings
+    )
+    gates.check_body_part(body_part, findings)
+
+
+def _decode_first_frame(ds: Dataset, syntax: UID, scrub: Scrubber) -> NDArray[Any]:
+    try:
+        return pixel_array(ds, index=0)
+    except Exception as exc:
+        message = scrub(" ".join(str(exc).split()))[:300]
+        raise ImageRejected(
+            Reason.UNDECODABLE,
+            f"pixel data could not be decoded with transfer syntax {_syntax_label(syntax)}: "
+            f"{type(exc).__name__}: {message}",
+        ) from None
+
+
+def _to_display(stored: NDArray[Any], ds: Dataset, syntax: UID, findings: list[str]) -> NDArray[np.float32]:
+    photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
+    if not photometric:
+        findings.append(Finding.MISSING_PHOTOMETRIC_INTERPRETATION)
+        photometric = "MONOCHROME2" if stored.ndim == 2 else "RGB"
+    if stored.ndim == 3:
+        gray = grayscale.luma(stored)
+    elif photometric == "PALETTE COLOR":
+        gray = grayscale.luma(apply_color_lut(stored, ds))
+    elif photometric in ("MONOCHROME1", "MONOCHROME2"):
+        gray = _monochrome(stored, ds, photometric, findings)
+    else:
+        raise ImageRejected(
+            Reason.UNDECODABLE,
+            f"photometric interpretation {photometric!r} is not supported for a single-sample "
+            f"image (transfer syntax {_syntax_label(syntax)})",
+        )
+    if not np.isfinite(gray).all():
+        raise ImageRejected(Reason.UNDECODABLE, "pixel values are not finite after the modality/VOI LUTs")
+    return np.ascontiguousarray(gray, dtype=np.float32)
+
+
+def _monochrome(
+    stored: NDArray[Any], ds: Dataset, photometric: str, findings: list[str]
+) -> NDArray[np.float64]:
+    values = grayscale.voi_values(grayscale.modality_values(stored, ds), ds, findings)
+    shape = (_text(ds, "PresentationLUTShape") or "").upper() or None
+    if grayscale.shape_conflicts_photometric(photometric, shape):
+        findings.append(Finding.PRESENTATION_LUT_CONFLICTS_PHOTOMETRIC)
+    return 1.0 - values if grayscale.needs_inversion(photometric, shape) else values
+
+
+def _is_lossy(ds: Dataset, syntax: UID) -> bool:
+    return str(ds.get("LossyImageCompression") or "").strip() == "01" or syntax in ALWAYS_LOSSY
+
+
+def _info(ds: Dataset, syntax: UID, shape: tuple[int, ...]) -> ImageInfo:
+    bits = ds.get("BitsStored")
+    return ImageInfo(
+        format="dicom",
+        rows=int(shape[0]),
+        columns=int(shape[1]),
+        photometric_interpretation=_text(ds, "PhotometricInterpretation"),
+        bits_stored=int(bits) if bits not in (None, "") else None,
+        view_position=_text(ds, "ViewPosition"),
+        transfer_syntax=str(syntax),
+        transfer_syntax_name=syntax.name if syntax.name != str(syntax) else None,
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+    )
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A single-valued string attribute, stripped; ``None`` when absent or empty."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    if value is None or isinstance(value, bytes):
+        return None
+    return str(value).strip() or None
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    uid = _text(ds, "SOPClassUID")
+    if uid is None:
+        return "unknown"
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def _syntax_label(syntax: UID) -> str:
+    return f"{syntax.name} ({syntax})" if syntax.name != str(syntax) else str(syntax)

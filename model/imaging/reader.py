@@ -1,0 +1,74 @@
+"""The one entry point: bytes in, display-ready pixels or a coded rejection out."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from .detect import detect_format
+from .dicom import read_dicom
+from .errors import ImageRejected, Reason
+from .raster import read_raster
+from .result import DecodedImage, Finding
+
+DEFAULT_MAX_PIXELS = 100_000_000
+SMALL_SIDE = 256
+MAX_ASPECT_RATIO = 1.5
+
+
+def read_image(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    enforce_gates: bool = True,
+) -> DecodedImage:
+    """Decode a DICOM, PNG or JPEG upload (detected by content) into a :class:`DecodedImage`.
+
+    ``enforce_gates=False`` skips the DICOM acquisition gates (modality, lateral view, body part)
+    for tooling and decoder tests; the service always keeps them on. Any failure is an
+    :class:`ImageRejected`; nothing else escapes, and no message quotes patient data.
+    """
+    data = bytes(data) if not isinstance(data, bytes) else data
+    if not data:
+        raise ImageRejected(Reason.EMPTY_IMAGE, "empty input")
+    fmt = detect_format(data)
+    if fmt is None:
+        raise ImageRejected(
+            Reason.UNSUPPORTED_FORMAT, "content is not DICOM, PNG or JPEG (checked by magic bytes)"
+        )
+    try:
+        if fmt == "dicom":
+            decoded = read_dicom(data, max_pixels=max_pixels, enforce_gates=enforce_gates)
+        else:
+            decoded = read_raster(data, fmt, max_pixels=max_pixels)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # a malformed header can break pydicom anywhere; keep the contract
+        raise ImageRejected(Reason.UNDECODABLE, f"{fmt} could not be read ({type(exc).__name__})") from None
+    if decoded.pixels.ndim != 2 or decoded.pixels.size == 0:
+        raise ImageRejected(Reason.EMPTY_IMAGE, f"decoded image has shape {decoded.pixels.shape}")
+    findings = [str(code) for code in decoded.warnings] + shape_findings(decoded.pixels.shape)
+    return replace(decoded, warnings=findings)
+
+
+def read_path(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    enforce_gates: bool = True,
+) -> DecodedImage:
+    """:func:`read_image` on a file's bytes (the name plays no part in format detection)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return read_image(data, max_pixels=max_pixels, enforce_gates=enforce_gates)
+
+
+def shape_findings(shape: tuple[int, ...]) -> list[str]:
+    """Soft findings about geometry: tiny images and non-chest-like aspect ratios."""
+    short, long = sorted(shape[:2])
+    findings: list[str] = []
+    if short < SMALL_SIDE:
+        findings.append(Finding.SMALL_IMAGE.value)
+    if long / short > MAX_ASPECT_RATIO:
+        findings.append(Finding.UNUSUAL_ASPECT_RATIO.value)
+    return findings

@@ -1,0 +1,37 @@
+"""The discriminator (thesis Table 3.3): 5x5 stride-2 convs to a 4x4 map, then one logit."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model.config import SquidConfig
+from model.network.blocks import ScoreNorm2d
+
+
+class Discriminator(nn.Module):
+    """Judges whole reconstructions; its logit on Gs(E(I)) is SQUID's raw score (high = normal)."""
+
+    def __init__(self, config: SquidConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, out_ch in enumerate(config.discriminator_channels):
+            layers.append(nn.Conv2d(in_ch, out_ch, 5, 2, 2, bias=i == 0))
+            if i > 0:
+                layers.append(ScoreNorm2d(out_ch, config.score_norm))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        side = config.image_size // 2 ** len(config.discriminator_channels)
+        self.head = nn.Linear(in_ch * side * side, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B,) logits."""
+        return self.head(self.features(images).flatten(1)).squeeze(1)
+
+    def set_score_norm(self, mode: str) -> None:
+        """Switch how BatchNorm normalises at inference (see :class:`ScoreNorm2d`)."""
+        for module in self.modules():
+            if isinstance(module, ScoreNorm2d):
+                module.mode = mode

@@ -1,0 +1,91 @@
+"""Image-folder datasets: scanning, a reproducible validation split, and loading into memory.
+
+A folder holds one sub-folder per class. ``NORMAL`` (any case) is label 0; every other class
+folder is anomalous (label 1). Only normals are ever trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from model.preprocess import preprocess
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ""}
+NORMAL_NAMES = {"normal", "normal_256"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[ImageRecord]
+    validation: list[ImageRecord]
+
+
+def scan_folder(root: Path) -> list[ImageRecord]:
+    """All images under ``root/<class>/``, sorted by path so every run sees the same order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    records = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = 0 if class_dir.name.lower() in NORMAL_NAMES else 1
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                records.append(ImageRecord(path, label))
+    if not any(r.label == 0 for r in records):
+        raise ValueError(f"no NORMAL/ class folder with images under {root}")
+    return records
+
+
+def split_records(
+    records: Sequence[ImageRecord], val_normal: int, val_anomalous: int, seed: int
+) -> Split:
+    """Hold out a validation split (the paper used 100 + 100); train on the remaining normals."""
+    normals = [r for r in records if r.label == 0]
+    anomalous = [r for r in records if r.label == 1]
+    if val_normal >= len(normals):
+        raise ValueError(f"cannot hold out {val_normal} of {len(normals)} normal images")
+    rng = random.Random(seed)
+    normals_shuffled = rng.sample(normals, len(normals))
+    anomalous_shuffled = rng.sample(anomalous, len(anomalous))
+    validation = normals_shuffled[:val_normal] + anomalous_shuffled[:val_anomalous]
+    train = sorted(normals_shuffled[val_normal:], key=lambda r: r.path)
+    return Split(train=train, validation=sorted(validation, key=lambda r: r.path))
+
+
+def data_digest(records: Sequence[ImageRecord], root: Path) -> str:
+    """sha256 over the relative paths, labels and sizes: names the exact training data used."""
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r.path):
+        rel = record.path.relative_to(root).as_posix()
+        digest.update(f"{rel}\t{record.label}\t{record.path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def load_images(
+    records: Sequence[ImageRecord], size: int, progress: bool = True, desc: str = "loading"
+) -> NDArray[np.float32]:
+    """Decode and preprocess records into an (N, size, size) float32 array with the serving path."""
+    from model.imaging import read_path
+
+    out = np.empty((len(records), size, size), dtype=np.float32)
+    for i, record in enumerate(tqdm(records, desc=desc, disable=not progress, unit="img")):
+        out[i] = preprocess(read_path(record.path).pixels, size)
+    return out
+
+
+def labels_of(records: Sequence[ImageRecord]) -> NDArray[np.int64]:
+    return np.array([r.label for r in records], dtype=np.int64)

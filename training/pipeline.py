@@ -1,0 +1,145 @@
+"""From a data folder to a trained, calibrated checkpoint and to an evaluation report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from model.config import SquidConfig
+from training import checkpoint as ckpt
+from training import data as folders
+from training import digit_anatomy
+from training.report import write_report
+from training.scoring import score_images
+from training.trainer import TrainData, Trainer, TrainOptions, last_path
+
+DIGIT_TRAIN_IMAGES = 1600
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    val_normal: int = 100
+    val_anomalous: int = 100
+    seed: int = 0
+
+
+def is_digit_folder(path: Path) -> bool:
+    """A folder of per-digit MNIST arrays (``0.npy`` .. ``9.npy``) means DigitAnatomy."""
+    return all((Path(path) / f"{d}.npy").is_file() for d in range(10))
+
+
+def prepare_data(root: Path, size: int, split: SplitSpec, progress: bool = True) -> TrainData:
+    """Training normals and the validation split, preprocessed exactly as serving will."""
+    root = Path(root).resolve()
+    if is_digit_folder(root):
+        digits = digit_anatomy.load_mnist(root)
+        train_pool, eval_pool = digit_anatomy.split_pools(digits, 0.8)
+        train, _ = digit_anatomy.make_set(train_pool, DIGIT_TRAIN_IMAGES, 0, split.seed)
+        val_images, val_labels = digit_anatomy.make_set(
+            eval_pool, split.val_normal, split.val_anomalous, split.seed + 1
+        )
+        source = {
+            "kind": "digit_anatomy",
+            "root": str(root),
+            "n_train": len(train),
+            "split": vars(split),
+        }
+        return TrainData(_resize(train, size), _resize(val_images, size), val_labels, source)
+    records = folders.scan_folder(root)
+    parts = folders.split_records(records, split.val_normal, split.val_anomalous, split.seed)
+    train = folders.load_images(parts.train, size, progress, "loading train")
+    val = folders.load_images(parts.validation, size, progress, "loading validation")
+    source = {
+        "kind": "image_folder",
+        "root": str(root),
+        "digest": folders.data_digest(parts.train, root),
+        "validation_digest": folders.data_digest(parts.validation, root),
+        "n_train": len(parts.train),
+        "n_validation": len(parts.validation),
+        "split": vars(split),
+    }
+    return TrainData(train, val, folders.labels_of(parts.validation), source)
+
+
+def _resize(images: NDArray[np.float32], size: int) -> NDArray[np.float32]:
+    from model.preprocess import preprocess
+
+    if images.shape[1:] == (size, size):
+        return images
+    return np.stack([preprocess(image, size) for image in images])
+
+
+def train(
+    config: SquidConfig,
+    data_root: Path,
+    out: Path,
+    options: TrainOptions,
+    split: SplitSpec,
+    resume: bool = False,
+) -> ckpt.Checkpoint:
+    data = prepare_data(data_root, config.image_size, split, options.progress)
+    trainer = Trainer(config, data, out, options)
+    if resume:
+        state = last_path(Path(out))
+        if not state.is_file():
+            raise FileNotFoundError(f"nothing to resume: {state} does not exist")
+        trainer.resume(ckpt.load(state))
+    return trainer.fit()
+
+
+def evaluation_set(
+    checkpoint: ckpt.Checkpoint, root: Path, split: str, progress: bool = True
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The images to evaluate: a whole labelled folder, or the checkpoint's own validation split."""
+    size = checkpoint.squid_config().image_size
+    root = Path(root).resolve()
+    saved = checkpoint.data.get("split", {})
+    spec = SplitSpec(**saved) if saved else SplitSpec()
+    if is_digit_folder(root):
+        digits = digit_anatomy.load_mnist(root)
+        _, eval_pool = digit_anatomy.split_pools(digits, 0.8)
+        seed = spec.seed + 1 if split == "validation" else spec.seed + 1000
+        images, labels = digit_anatomy.make_set(
+            eval_pool, spec.val_normal, spec.val_anomalous, seed
+        )
+        return _resize(images, size), labels
+    records = folders.scan_folder(root)
+    if split == "validation":
+        records = folders.split_records(
+            records, spec.val_normal, spec.val_anomalous, spec.seed
+        ).validation
+    elif split != "all":
+        raise ValueError("split must be 'all' or 'validation'")
+    return folders.load_images(records, size, progress, "loading"), folders.labels_of(records)
+
+
+def evaluate(
+    checkpoint_path: Path, data_root: Path, out_dir: Path, split: str = "all", progress: bool = True
+) -> dict[str, Any]:
+    checkpoint = ckpt.load(checkpoint_path)
+    if checkpoint.threshold is None:
+        raise ValueError(
+            f"{checkpoint_path} has no threshold: evaluate the best checkpoint, not .last"
+        )
+    generator, discriminator = checkpoint.build()
+    images, labels = evaluation_set(checkpoint, data_root, split, progress)
+    with torch.inference_mode():
+        raw, recon = score_images(generator, discriminator, images)
+    scores = checkpoint.get_calibration().apply(raw)
+    context = {
+        "checkpoint": str(checkpoint_path),
+        "data": str(data_root),
+        "split": split,
+        "epoch": checkpoint.epoch,
+        "score_norm": checkpoint.score_norm,
+        "threshold_rule": checkpoint.threshold["rule"],
+        "preset": checkpoint.config["name"],
+    }
+    return write_report(
+        out_dir, labels, scores, float(checkpoint.threshold["value"]), images, recon, context
+    )
