@@ -120,6 +120,59 @@ def evaluate(
     typer.echo(", ".join(f"{k}={metrics[k]:.4f}" for k in keys) + f"\nreport in {out}")
 
 
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A calibrated checkpoint from `squid train`.")],
+    out: Annotated[Path, typer.Option(help="ONNX artifact to write.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Images for the parity check (default: the training data folder).")
+    ] = None,
+    check_images: Annotated[int, typer.Option(min=2, help="How many real images the parity check uses.")] = 16,
+    version: Annotated[str | None, typer.Option(help="Model version to record (default: derived).")] = None,
+) -> None:
+    """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file."""
+    from training import checkpoint as ckpt
+    from training.export import ExportError, describe, export
+    from training.pipeline import parity_images
+
+    try:
+        state = ckpt.load(checkpoint)
+        images = parity_images(state, data, check_images)
+        report = export(state, out, images, version)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(describe(report), indent=2))
+
+
+@app.command()
+def score(
+    files: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files.")],
+    model: Annotated[Path | None, typer.Option(help="Artifact (default: $SQUID_MODEL_PATH or the shipped one).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold.")] = None,
+    heatmap: Annotated[Path | None, typer.Option(help="Folder for heatmap overlay PNGs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Score X-rays: one line per file with score, label and threshold."""
+    from cli.scoring import score_files
+
+    try:
+        failures = score_files(files, model, threshold, heatmap, as_json)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if failures:
+        raise typer.Exit(code=1)
+
+
+def _register_commands() -> None:
+    from cli import jobs, serve
+
+    serve.register(app)
+    jobs.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     app()

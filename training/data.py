@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from model.preprocess import preprocess
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ""}
 NORMAL_NAMES = {"normal", "normal_256"}
+# ZhangLab names carry the patient: IM-0115-0001, NORMAL2-IM-1427-0001, person1000_bacteria_2931.
+PATIENT_PATTERNS = (re.compile(r"^((?:NORMAL2-)?IM-\d+)"), re.compile(r"^(person\d+)_"))
 
 
 @dataclass(frozen=True)
@@ -50,20 +53,48 @@ def scan_folder(root: Path) -> list[ImageRecord]:
     return records
 
 
+def patient_key(path: Path) -> str:
+    """The patient an image belongs to, from the file name; the file itself when unknown."""
+    for pattern in PATIENT_PATTERNS:
+        match = pattern.match(path.stem)
+        if match:
+            return f"{path.parent.name}/{match.group(1)}"
+    return f"{path.parent.name}/{path.stem}"
+
+
+def _hold_out(records: list[ImageRecord], target: int, rng: random.Random) -> set[str]:
+    """Whole patients, in random order, until at least ``target`` images are held out."""
+    groups: dict[str, int] = {}
+    for record in records:
+        key = patient_key(record.path)
+        groups[key] = groups.get(key, 0) + 1
+    chosen: set[str] = set()
+    count = 0
+    for key in rng.sample(sorted(groups), len(groups)):
+        if count >= target:
+            break
+        chosen.add(key)
+        count += groups[key]
+    return chosen
+
+
 def split_records(
     records: Sequence[ImageRecord], val_normal: int, val_anomalous: int, seed: int
 ) -> Split:
-    """Hold out a validation split (the paper used 100 + 100); train on the remaining normals."""
+    """Hold out a validation split by patient (the paper used 100 + 100 images).
+
+    Images of one patient never straddle training and validation, so validation AUC is not inflated
+    by a patient's other films being in the training set. Training uses the remaining normals.
+    """
     normals = [r for r in records if r.label == 0]
     anomalous = [r for r in records if r.label == 1]
     if val_normal >= len(normals):
         raise ValueError(f"cannot hold out {val_normal} of {len(normals)} normal images")
     rng = random.Random(seed)
-    normals_shuffled = rng.sample(normals, len(normals))
-    anomalous_shuffled = rng.sample(anomalous, len(anomalous))
-    validation = normals_shuffled[:val_normal] + anomalous_shuffled[:val_anomalous]
-    train = sorted(normals_shuffled[val_normal:], key=lambda r: r.path)
-    return Split(train=train, validation=sorted(validation, key=lambda r: r.path))
+    held = _hold_out(normals, val_normal, rng) | _hold_out(anomalous, val_anomalous, rng)
+    validation = [r for r in records if patient_key(r.path) in held]
+    train = [r for r in normals if patient_key(r.path) not in held]
+    return Split(train=train, validation=validation)
 
 
 def data_digest(records: Sequence[ImageRecord], root: Path) -> str:

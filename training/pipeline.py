@@ -143,3 +143,17 @@ def evaluate(
     return write_report(
         out_dir, labels, scores, float(checkpoint.threshold["value"]), images, recon, context
     )
+
+
+def parity_images(checkpoint: ckpt.Checkpoint, data_root: Path | None, count: int) -> NDArray[np.float32]:
+    """Real images for the export parity check: from ``data_root`` or the checkpoint's training data."""
+    root = Path(data_root or checkpoint.data.get("root", ""))
+    if not root.is_dir():
+        raise FileNotFoundError(f"no images for the parity check: {root} is not a folder (pass --data)")
+    size = checkpoint.squid_config().image_size
+    if is_digit_folder(root):
+        images, _ = digit_anatomy.make_set(digit_anatomy.load_mnist(root), count, 0, seed=12345)
+        return _resize(images, size)
+    records = folders.scan_folder(root)
+    step = max(1, len(records) // count)
+    return folders.load_images(records[::step][:count], size, progress=False)

@@ -1,0 +1,67 @@
+"""The artifact's embedded metadata: one ``squid`` JSON entry in the ONNX ``metadata_props``.
+
+Everything needed to score travels inside the model file (no side files): calibration, threshold and
+the rule that chose it, the preprocessing spec, validation metrics and provenance. Consumers refuse
+schema versions they do not understand instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "squid"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("raw_score", "score", "reconstruction", "anomaly_map")
+
+
+class ArtifactError(ValueError):
+    """The file is not a SQUID artifact this version can use."""
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    schema_version: int
+    model_name: str
+    model_version: str
+    preset: str
+    input_size: int
+    preprocessing: dict[str, Any]
+    calibration: dict[str, Any]
+    threshold: float
+    threshold_rule: str
+    threshold_detail: dict[str, Any]
+    score_norm: str
+    validation: dict[str, Any]
+    training: dict[str, Any]
+    weights_sha256: str
+    precision: str = "fp32"
+    drift: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArtifactMetadata:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"artifact metadata is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ArtifactError("artifact metadata must be a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(
+                f"artifact metadata schema {version!r} is not supported (this runtime reads {SCHEMA_VERSION})"
+            )
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = required - set(data)
+        if missing:
+            raise ArtifactError(f"artifact metadata lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})

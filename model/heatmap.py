@@ -1,0 +1,51 @@
+"""Render an anomaly map as a colour overlay on the X-ray, as PNG bytes (numpy + Pillow only)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+# Anchor colours of a perceptually ordered "inferno"-like map, dark (low) to bright (high).
+_ANCHORS = np.array(
+    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]],
+    dtype=np.float32,
+)
+
+
+def colourise(values: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """Map values in [0, 1] to RGB."""
+    scaled = np.clip(values, 0, 1) * (len(_ANCHORS) - 1)
+    low = np.floor(scaled).astype(int)
+    high = np.minimum(low + 1, len(_ANCHORS) - 1)
+    frac = (scaled - low)[..., None]
+    return (_ANCHORS[low] * (1 - frac) + _ANCHORS[high] * frac).astype(np.uint8)
+
+
+def overlay_png(
+    image: NDArray[Any], anomaly_map: NDArray[np.float32], alpha: float = 0.45, max_side: int = 512, vmax: float | None = None
+) -> bytes:
+    """The X-ray in gray with the anomaly map blended on top, at up to ``max_side`` pixels.
+
+    The map is normalised by ``vmax`` (default: its own maximum) so the hottest region is always
+    visible; absolute levels are in the score, not in the picture.
+    """
+    gray = np.asarray(image, dtype=np.float32)
+    low, high = float(gray.min()), float(gray.max())
+    gray = (gray - low) / (high - low) if high > low else np.zeros_like(gray)
+    h, w = gray.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    base = Image.fromarray((gray * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    top = float(vmax if vmax is not None else anomaly_map.max())
+    heat = anomaly_map / top if top > 0 else np.zeros_like(anomaly_map)
+    heat_img = Image.fromarray(heat.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+    coloured = colourise(np.asarray(heat_img))
+    base_rgb = np.repeat(np.asarray(base)[..., None], 3, axis=2).astype(np.float32)
+    blended = (1 - alpha) * base_rgb + alpha * coloured.astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

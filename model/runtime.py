@@ -1,0 +1,118 @@
+"""Scoring with an exported artifact on onnxruntime: no torch, CUDA when available, CPU otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+DEFAULT_ARTIFACT = ARTIFACTS_DIR / "squid-default.onnx"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def default_artifact_path() -> Path:
+    """The shipped model, unless ``SQUID_MODEL_PATH`` names another."""
+    return Path(os.environ.get("SQUID_MODEL_PATH") or DEFAULT_ARTIFACT)
+
+
+def choose_providers(requested: list[str] | None = None) -> list[str]:
+    """CUDA first when onnxruntime-gpu sees a GPU, always with CPU as the fallback."""
+    available = ort.get_available_providers()
+    if requested:
+        unknown = [p for p in requested if p not in available]
+        if unknown:
+            raise ValueError(f"execution providers {unknown} not available here (have {available})")
+        return list(requested)
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One image's result. ``score`` is calibrated to 0..1, higher = more anomalous."""
+
+    score: float
+    raw_score: float
+    is_anomalous: bool
+    threshold: float
+    anomaly_map: NDArray[np.float32]
+
+
+class SquidRuntime:
+    """An opened artifact: validated metadata, an onnxruntime session and the active threshold."""
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        self.path = Path(path) if path else default_artifact_path()
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model artifact not found: {self.path}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=choose_providers(providers))
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+            raise ArtifactError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ArtifactError(f"{self.path} has no '{METADATA_KEY}' metadata: not a SQUID artifact")
+        self.metadata = ArtifactMetadata.from_json(props[METADATA_KEY])
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs != list(OUTPUT_NAMES) or self.session.get_inputs()[0].name != INPUT_NAME:
+            raise ArtifactError(f"{self.path} has outputs {outputs}, expected {list(OUTPUT_NAMES)}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        self.threshold = float(self.metadata.threshold if threshold is None else threshold)
+        self.providers = self.session.get_providers()
+        log.info("loaded %s (%s) on %s", self.path.name, self.metadata.model_version, self.providers)
+
+    @property
+    def input_size(self) -> int:
+        return self.metadata.input_size
+
+    def run(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        """All artifact outputs for a (N, H, W) or (N, 1, H, W) batch of preprocessed images."""
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        size = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
+            raise ValueError(f"expected a batch of shape (N, 1, {size}, {size}), got {batch.shape}")
+        feeds = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+        return dict(zip(OUTPUT_NAMES, self.session.run(None, feeds), strict=True))
+
+    def score(self, batch: NDArray[np.float32]) -> list[ScoreResult]:
+        if len(batch) == 0:
+            return []
+        out = self.run(batch)
+        return [
+            ScoreResult(
+                score=float(out["score"][i]),
+                raw_score=float(out["raw_score"][i]),
+                is_anomalous=bool(out["score"][i] >= self.threshold),
+                threshold=self.threshold,
+                anomaly_map=out["anomaly_map"][i, 0],
+            )
+            for i in range(len(batch))
+        ]
+
+    def warmup(self) -> None:
+        """One inference so the first real request does not pay for session initialisation."""
+        self.run(np.zeros((1, 1, self.input_size, self.input_size), np.float32))

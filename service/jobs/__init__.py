@@ -1,0 +1,1 @@
+"""Batch scoring of PACS export folders: walker, chunked tasks, idempotent result files."""

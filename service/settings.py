@@ -1,0 +1,45 @@
+"""All service and worker configuration: one pydantic-settings class, environment variables ``SQUID_*``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the API and the workers, with the defaults documented in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="SQUID_", env_file=None, extra="ignore")
+
+    model_path: Path | None = Field(None, description="ONNX artifact; default: the shipped model.")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override the artifact's threshold.")
+    providers: list[str] | None = Field(None, description="onnxruntime providers; default: CUDA if present, CPU.")
+    intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per session.")
+    api_key: str | None = Field(None, description="When set, required as X-API-Key except on health/metrics.")
+    max_upload_mb: float = Field(64.0, gt=0, description="Largest accepted request body.")
+    max_pixels: int = Field(100_000_000, gt=0, description="Largest accepted decoded image (pixels).")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes for `squid serve`.")
+    max_batch: int = Field(16, ge=1, description="Micro-batching: most images per inference call.")
+    max_wait_ms: float = Field(5.0, ge=0, description="Micro-batching: longest wait to fill a batch.")
+    log_level: str = "INFO"
+    # Batch jobs.
+    broker_url: str | None = Field(None, description="Redis URL for Celery; unset = no broker.")
+    import_root: Path | None = Field(None, description="The only tree batch jobs may read.")
+    results_dir: Path = Field(Path("results"), description="Where job result files go.")
+    chunk_size: int = Field(32, ge=1, description="Files per Celery task.")
+    max_zip_mb: float = Field(2048.0, gt=0, description="Largest accepted zip upload for a job.")
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="Prometheus port of a worker.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
