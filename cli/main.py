@@ -32,23 +32,15 @@ def train(
         Path,
         typer.Option(help="Folder with NORMAL/ and anomalous class folders, or MNIST .npy folder."),
     ],
-    out: Annotated[
-        Path, typer.Option(help="Best checkpoint to write (a .last file is kept beside it).")
-    ],
+    out: Annotated[Path, typer.Option(help="Best checkpoint to write (a .last file is kept beside it).")],
     preset: Annotated[str, typer.Option(help="Config preset: thesis, lite or digit.")] = "thesis",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .last checkpoint.")] = False,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after this much training time.")
-    ] = None,
-    threshold_rule: Annotated[
-        str, typer.Option(help="f1_optimal or normal_percentile.")
-    ] = "f1_optimal",
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
+    threshold_rule: Annotated[str, typer.Option(help="f1_optimal or normal_percentile.")] = "f1_optimal",
     val_normal: Annotated[int, typer.Option(help="Normal images held out for validation.")] = 100,
-    val_anomalous: Annotated[
-        int, typer.Option(help="Anomalous images held out for validation.")
-    ] = 100,
+    val_anomalous: Annotated[int, typer.Option(help="Anomalous images held out for validation.")] = 100,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config field: name=JSON value.")
     ] = None,
@@ -73,9 +65,7 @@ def train(
             config,
             data,
             out,
-            TrainOptions(
-                epochs=epochs, seed=seed, threshold_rule=threshold_rule, max_minutes=max_minutes
-            ),
+            TrainOptions(epochs=epochs, seed=seed, threshold_rule=threshold_rule, max_minutes=max_minutes),
             SplitSpec(val_normal, val_anomalous, seed),
             resume=resume,
         )
@@ -101,9 +91,7 @@ def _parse_override(item: str) -> tuple[str, object]:
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A calibrated checkpoint from `squid train`.")],
-    data: Annotated[
-        Path, typer.Option(help="Labelled image folder (or MNIST folder for DigitAnatomy).")
-    ],
+    data: Annotated[Path, typer.Option(help="Labelled image folder (or MNIST folder for DigitAnatomy).")],
     out: Annotated[Path, typer.Option(help="Report folder.")],
     split: Annotated[
         str, typer.Option(help="all: every image in DATA; validation: the checkpoint's own split.")
@@ -127,7 +115,9 @@ def export_command(
     data: Annotated[
         Path | None, typer.Option(help="Images for the parity check (default: the training data folder).")
     ] = None,
-    check_images: Annotated[int, typer.Option(min=2, help="How many real images the parity check uses.")] = 16,
+    check_images: Annotated[
+        int, typer.Option(min=2, help="How many real images the parity check uses.")
+    ] = 16,
     version: Annotated[str | None, typer.Option(help="Model version to record (default: derived).")] = None,
 ) -> None:
     """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file."""
@@ -147,7 +137,9 @@ def export_command(
 @app.command()
 def score(
     files: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files.")],
-    model: Annotated[Path | None, typer.Option(help="Artifact (default: $SQUID_MODEL_PATH or the shipped one).")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Artifact (default: $SQUID_MODEL_PATH or the shipped one).")
+    ] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold.")] = None,
     heatmap: Annotated[Path | None, typer.Option(help="Folder for heatmap overlay PNGs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,

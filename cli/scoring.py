@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -28,7 +29,7 @@ def score_files(
             failures += 1
             reason = exc.reason if isinstance(exc, ImageRejected) else "unreadable"
             detail = exc.detail if isinstance(exc, ImageRejected) else str(exc)
-            row = {"file": str(path), "status": "rejected", "reason": reason, "detail": detail}
+            row: dict[str, Any] = {"file": str(path), "status": "rejected", "reason": reason, "detail": detail}
             typer.echo(json.dumps(row) if as_json else f"{path}\trejected\t{reason}: {detail}")
             continue
         result = runtime.score(preprocess(decoded.pixels, runtime.input_size)[None])[0]

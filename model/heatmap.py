@@ -11,7 +11,16 @@ from PIL import Image
 
 # Anchor colours of a perceptually ordered "inferno"-like map, dark (low) to bright (high).
 _ANCHORS = np.array(
-    [[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21], [250, 193, 39], [252, 255, 164]],
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
     dtype=np.float32,
 )
 
@@ -26,7 +35,11 @@ def colourise(values: NDArray[np.float32]) -> NDArray[np.uint8]:
 
 
 def overlay_png(
-    image: NDArray[Any], anomaly_map: NDArray[np.float32], alpha: float = 0.45, max_side: int = 512, vmax: float | None = None
+    image: NDArray[Any],
+    anomaly_map: NDArray[np.float32],
+    alpha: float = 0.45,
+    max_side: int = 512,
+    vmax: float | None = None,
 ) -> bytes:
     """The X-ray in gray with the anomaly map blended on top, at up to ``max_side`` pixels.
 

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
+from model.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class SquidRuntime:
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=choose_providers(providers))
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=choose_providers(providers)
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise ArtifactError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
         props = self.session.get_modelmeta().custom_metadata_map
@@ -81,6 +84,10 @@ class SquidRuntime:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
         self.threshold = float(self.metadata.threshold if threshold is None else threshold)
+        try:
+            self.calibration = Calibration(**self.metadata.calibration)
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"{self.path} has invalid calibration metadata: {exc}") from exc
         self.providers = self.session.get_providers()
         log.info("loaded %s (%s) on %s", self.path.name, self.metadata.model_version, self.providers)
 
@@ -102,11 +109,13 @@ class SquidRuntime:
         if len(batch) == 0:
             return []
         out = self.run(batch)
+        # Calibrate in float64 from the metadata: the graph's float32 output can round mu visibly.
+        scores = self.calibration.apply(out["raw_score"])
         return [
             ScoreResult(
-                score=float(out["score"][i]),
+                score=float(scores[i]),
                 raw_score=float(out["raw_score"][i]),
-                is_anomalous=bool(out["score"][i] >= self.threshold),
+                is_anomalous=bool(scores[i] >= self.threshold),
                 threshold=self.threshold,
                 anomaly_map=out["anomaly_map"][i, 0],
             )

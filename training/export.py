@@ -54,7 +54,12 @@ class InferenceChain(nn.Module):
     kernel: torch.Tensor
 
     def __init__(
-        self, generator: SquidGenerator, discriminator: Discriminator, mu: float, sigma: float, orientation: int
+        self,
+        generator: SquidGenerator,
+        discriminator: Discriminator,
+        mu: float,
+        sigma: float,
+        orientation: int,
     ) -> None:
         super().__init__()
         self.generator, self.discriminator = generator.eval(), discriminator.eval()
@@ -86,7 +91,9 @@ class ExportReport:
 def build_chain(checkpoint: Checkpoint) -> InferenceChain:
     generator, discriminator = checkpoint.build()
     calibration = checkpoint.get_calibration()
-    chain = InferenceChain(generator, discriminator, calibration.mu, calibration.sigma, calibration.orientation)
+    chain = InferenceChain(
+        generator, discriminator, calibration.mu, calibration.sigma, calibration.orientation
+    )
     return chain.eval()
 
 
@@ -99,8 +106,7 @@ def weights_digest(chain: InferenceChain) -> str:
 
 
 def build_metadata(checkpoint: Checkpoint, chain: InferenceChain, version: str) -> ArtifactMetadata:
-    if checkpoint.threshold is None or checkpoint.calibration is None:
-        raise ExportError("checkpoint is not calibrated: export the best checkpoint, not the .last one")
+    assert checkpoint.threshold is not None and checkpoint.calibration is not None
     size = checkpoint.squid_config().image_size
     return ArtifactMetadata(
         schema_version=SCHEMA_VERSION,
@@ -157,9 +163,7 @@ def session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def parity(
-    chain: InferenceChain, model: onnx.ModelProto, images: NDArray[np.float32]
-) -> tuple[float, float]:
+def parity(chain: InferenceChain, model: onnx.ModelProto, images: NDArray[np.float32]) -> tuple[float, float]:
     """Largest raw-score and reconstruction differences between torch and onnxruntime."""
     batch = np.ascontiguousarray(images[:, None], dtype=np.float32)
     with torch.no_grad():
@@ -192,6 +196,8 @@ def export(
     """Export, self-check against torch on ``check_images`` (N, H, W), then write ``out``."""
     if len(check_images) < 2:
         raise ExportError("the parity check needs at least two images")
+    if checkpoint.threshold is None or checkpoint.calibration is None:
+        raise ExportError("checkpoint is not calibrated: export the best checkpoint, not the .last one")
     chain = build_chain(checkpoint)
     size = checkpoint.squid_config().image_size
     metadata = build_metadata(checkpoint, chain, version or _default_version(checkpoint))

@@ -46,9 +46,7 @@ def test_f1_optimal_separates_when_possible():
 def test_normal_percentile_needs_only_normals():
     t = normal_percentile(np.linspace(0, 1, 101), 99.0)
     assert t.value == pytest.approx(0.99)
-    assert choose("normal_percentile", [0] * 101, np.linspace(0, 1, 101)).value == pytest.approx(
-        0.99
-    )
+    assert choose("normal_percentile", [0] * 101, np.linspace(0, 1, 101)).value == pytest.approx(0.99)
     with pytest.raises(ValueError):
         choose("oracle", [0, 1], [0.1, 0.2])
 

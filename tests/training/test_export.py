@@ -1,0 +1,158 @@
+"""Export: self-checks, embedded metadata, and artifact scores equal to checkpoint scores."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from model.artifact import METADATA_KEY, SCHEMA_VERSION, ArtifactError  # noqa: E402
+from model.imaging import read_image  # noqa: E402
+from model.preprocess import preprocess  # noqa: E402
+from model.runtime import SquidRuntime  # noqa: E402
+from tests.dicom_factory import make_dicom  # noqa: E402
+from training import checkpoint as ckpt  # noqa: E402
+from training import export as exporter  # noqa: E402
+from training.scoring import score_images  # noqa: E402
+
+
+def test_artifact_matches_torch_on_real_images(tiny_checkpoint, tiny_artifact, real_images):
+    state = ckpt.load(tiny_checkpoint)
+    generator, discriminator = state.build()
+    images = real_images["val"]
+    raw_torch, recon_torch = score_images(generator, discriminator, images)
+    out = SquidRuntime(tiny_artifact).run(images)
+    np.testing.assert_allclose(out["raw_score"], raw_torch, atol=1e-4)
+    np.testing.assert_allclose(out["reconstruction"][:, 0], recon_torch, atol=1e-5)
+    # The graph applies the calibration in float32 (an untrained model's tiny sigma magnifies the
+    # rounding of mu); the runtime recomputes it in float64 from the metadata, exactly.
+    calibration = state.get_calibration()
+    np.testing.assert_allclose(out["score"], calibration.apply(out["raw_score"]), atol=1e-2)
+    results = SquidRuntime(tiny_artifact).score(images)
+    np.testing.assert_allclose([r.score for r in results], calibration.apply(out["raw_score"]), atol=1e-12)
+    assert out["anomaly_map"].shape == (len(images), 1, 64, 64)
+
+
+def test_metadata_carries_everything_needed_to_score(tiny_checkpoint, tiny_artifact):
+    state = ckpt.load(tiny_checkpoint)
+    model = onnx.load(str(tiny_artifact))
+    entries = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(entries[METADATA_KEY])
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["calibration"] == state.calibration
+    assert meta["threshold"] == state.threshold["value"]
+    assert meta["threshold_rule"] == "f1_optimal"
+    assert meta["input_size"] == 64 and meta["preprocessing"]["version"] == 1
+    assert meta["training"]["seed"] == state.seed and meta["training"]["git_commit"]
+    assert len(meta["weights_sha256"]) == 64
+    assert not any(init.name.endswith(".data") for init in model.graph.initializer)
+    assert not list(Path(tiny_artifact).parent.glob("*.data"))  # one self-contained file
+
+
+def test_dynamic_batch_dimension(tiny_artifact, real_images):
+    runtime = SquidRuntime(tiny_artifact)
+    images = real_images["val"]
+    single = np.concatenate([runtime.run(images[i : i + 1])["raw_score"] for i in range(5)])
+    np.testing.assert_allclose(runtime.run(images[:5])["raw_score"], single, atol=1e-5)
+
+
+def test_export_aborts_and_writes_nothing_when_parity_fails(
+    tiny_checkpoint, real_images, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(exporter, "RAW_TOLERANCE", -1.0)
+    target = tmp_path / "never.onnx"
+    with pytest.raises(exporter.ExportError, match="disagrees"):
+        exporter.export(ckpt.load(tiny_checkpoint), target, real_images["val"][:4])
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_export_refuses_uncalibrated_checkpoint(tiny_checkpoint, real_images, tmp_path):
+    state = ckpt.load(tiny_checkpoint)
+    state.calibration = None
+    state.threshold = None
+    with pytest.raises(exporter.ExportError, match="not calibrated"):
+        exporter.export(state, tmp_path / "x.onnx", real_images["val"][:4])
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_artifact_scores_equal_checkpoint_scores_for_png_and_dicom(
+    tiny_checkpoint, tiny_artifact, real_images
+):
+    """The same pixels as PNG, 16-bit MONOCHROME2 DICOM and MONOCHROME1 DICOM: one score, both runtimes."""
+    source = np.asarray(Image.open(real_images["paths"][0]).convert("L"))
+    wide = source.astype(np.uint16) * 257
+    files = {
+        "png": _png_bytes(source),
+        "dicom_mono2": make_dicom(wide, bits_stored=16),
+        "dicom_mono1": make_dicom(65535 - wide, photometric="MONOCHROME1", bits_stored=16),
+    }
+    arrays = {name: preprocess(read_image(data).pixels, 64) for name, data in files.items()}
+    generator, discriminator = ckpt.load(tiny_checkpoint).build()
+    runtime = SquidRuntime(tiny_artifact)
+    torch_raw = {k: score_images(generator, discriminator, v[None])[0][0] for k, v in arrays.items()}
+    onnx_raw = {k: runtime.run(v[None])["raw_score"][0] for k, v in arrays.items()}
+    for name in files:
+        assert onnx_raw[name] == pytest.approx(torch_raw[name], abs=1e-4)
+        assert onnx_raw[name] == pytest.approx(onnx_raw["png"], abs=1e-4)
+
+
+def test_runtime_refuses_unknown_schema_and_non_squid_models(tiny_artifact, tmp_path):
+    model = onnx.load(str(tiny_artifact))
+    meta = json.loads(model.metadata_props[0].value)
+    meta["schema_version"] = SCHEMA_VERSION + 1
+    model.metadata_props[0].value = json.dumps(meta)
+    future = tmp_path / "future.onnx"
+    onnx.save(model, str(future))
+    with pytest.raises(ArtifactError, match="schema"):
+        SquidRuntime(future)
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ArtifactError, match="not a SQUID artifact"):
+        SquidRuntime(bare)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    with pytest.raises(ArtifactError):
+        SquidRuntime(garbage)
+
+
+def test_threshold_override_changes_labels_not_scores(tiny_artifact, real_images):
+    default = SquidRuntime(tiny_artifact).score(real_images["val"])
+    everything = SquidRuntime(tiny_artifact, threshold=0.0).score(real_images["val"])
+    assert [r.score for r in default] == [r.score for r in everything]
+    assert all(r.is_anomalous for r in everything)
+    with pytest.raises(ValueError):
+        SquidRuntime(tiny_artifact, threshold=1.5)
+
+
+def test_runtime_never_imports_torch(tiny_artifact, shared_data):
+    code = (
+        "import sys, numpy as np\n"
+        "from model.runtime import SquidRuntime\n"
+        "from model.imaging import read_path\n"
+        "from model.preprocess import preprocess\n"
+        "from model.heatmap import overlay_png\n"
+        f"rt = SquidRuntime({str(tiny_artifact)!r})\n"
+        f"img = read_path({str(shared_data / 'dicom/fo-dicom/CR-MONO1-10-chest.dcm')!r})\n"
+        "r = rt.score(preprocess(img.pixels, rt.input_size)[None])[0]\n"
+        "overlay_png(img.pixels, r.anomaly_map)\n"
+        "assert 0.0 <= r.score <= 1.0\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
