@@ -1,0 +1,109 @@
+"""Render the model card that ships next to an artifact, from the artifact's own metadata.
+
+Numbers in the card come from the metadata, so the card cannot drift from the model it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from model.artifact import METADATA_KEY, ArtifactMetadata
+
+
+def read_metadata(artifact: Path) -> ArtifactMetadata:
+    model = onnx.load(str(artifact), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return ArtifactMetadata.from_json(props[METADATA_KEY])
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render(artifact: Path, extra: dict[str, Any]) -> str:
+    """Markdown model card; ``extra`` adds facts the metadata cannot know (machine, baseline, ...)."""
+    meta = read_metadata(artifact)
+    training = meta.training
+    data = training.get("data", {})
+    config = training.get("config", {})
+    val = meta.validation
+    size_mb = artifact.stat().st_size / 1e6
+    rows = [
+        ("AUC (ROC)", val.get("auc")),
+        ("accuracy", val.get("accuracy")),
+        ("F1", val.get("f1")),
+        ("sensitivity", val.get("sensitivity")),
+        ("specificity", val.get("specificity")),
+        ("normal / pneumonia images", f"{val.get('n_normal')} / {val.get('n_anomalous')}"),
+    ]
+    table = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in rows)
+    history = extra.get("history_summary", "")
+    return f"""# Model card: {meta.model_name} {meta.model_version}
+
+`{artifact.name}` ({size_mb:.1f} MB, weights sha256 `{meta.weights_sha256[:16]}…`) is the default model of
+`squid score`, `squid serve`, the batch workers and the container image.
+
+## Intended use
+Research and **triage support**: ranking or flagging frontal (PA/AP) chest radiographs that look unlike
+the normal studies the model was trained on, so a person looks at them sooner. It is **not a diagnostic
+device**, has no regulatory clearance, and must not be used to rule disease in or out. Every flag needs a
+radiologist's read.
+
+## Model
+SQUID (Xiang et al., CVPR 2023): a patch encoder, a space-aware memory queue of normal features, a
+neighbour-attention in-painting block, student/teacher generators and a discriminator whose logit on the
+reconstruction is the raw score. Preset `{meta.preset}`: encoder {config.get("encoder_channels")},
+{config.get("grid")}x{config.get("grid")} patches, queue {config.get("queue_items")} items per region,
+top-k {config.get("top_k")}, discriminator normalisation at scoring: `{meta.score_norm}`.
+Calibrated score `A = sigmoid(-(raw - mu)/sigma)` with mu = {meta.calibration["mu"]:.4f},
+sigma = {meta.calibration["sigma"]:.4f} (raw scores of the training normals, no augmentation);
+higher = more anomalous.
+
+## Training data and licence
+ZhangLab pediatric chest X-rays (Kermany et al., Cell 2018; data CC BY 4.0), the official **train** split
+resized to 224 px. Normals only are trained on: {data.get("n_train")} images; a validation split of
+{data.get("n_validation")} images (about 100 normal + 100 pneumonia, **split by patient**, seed
+{data.get("split", {}).get("seed")}) is held out for model selection and the threshold. Training data digest
+`{str(data.get("digest", ""))[:16]}…`. The official test split was not used for anything.
+
+## Preprocessing
+{json.dumps(meta.preprocessing, indent=2)}
+
+DICOM input goes through the modality LUT, the VOI LUT (first window; full range when absent) and
+MONOCHROME1 / Presentation LUT inversion before this step.
+
+## Validation (the held-out split, at the shipped threshold)
+Threshold {meta.threshold:.4f}, rule `{meta.threshold_rule}` (chosen on validation only).
+
+| metric | value |
+|---|---|
+{table}
+
+These figures are measured on the same split that selected the epoch and the threshold, so they are
+optimistic; the official ZhangLab test split is the unbiased measure. {extra.get("test_note", "")}
+
+## How it was trained
+Epoch {training.get("epoch")} of {training.get("epochs")} planned (best validation AUC), seed
+{training.get("seed")}, {training.get("train_seconds", 0) / 60:.0f} min of training on
+{extra.get("machine", "a CPU machine")}. Package {training.get("package_version")}, commit
+`{training.get("git_commit")}`. {history}
+
+{extra.get("comparison", "")}
+
+## Known limits
+- Pediatric patients (1-5 years, one centre in Guangzhou): adult chests, other scanners and other
+  populations are out of distribution and will score as more anomalous.
+- Frontal (PA/AP) views only; lateral views are refused by the service.
+- Trained on 8-bit JPEG renderings; DICOM windowing choices change the input and can shift scores.
+- "Anomalous" means unlike the training normals, not a specific finding; pneumonia was the only
+  abnormality available for validation.
+- The discriminator signal varies between epochs; retraining with another seed gives another model.
+"""
+
+
+def write(artifact: Path, out: Path, extra: dict[str, Any]) -> None:
+    out.write_text(render(artifact, extra))
