@@ -124,19 +124,21 @@ def lite() -> SquidConfig:
 
 
 def digit() -> SquidConfig:
-    """DigitAnatomy: 96 px images, a 3x3 grid of 32 px digit cells, a small network."""
+    """DigitAnatomy: 96 px images, a 3x3 grid of 32 px digit cells, 4x4 bottleneck (reference digit config)."""
     return SquidConfig(
         name="digit",
         image_size=96,
         grid=3,
-        encoder_channels=(16, 32, 64, 128),
+        encoder_channels=(16, 32, 64),
         convs_per_stage=1,
-        bottleneck_channels=32,
+        bottleneck_channels=64,
         attention_heads=4,
         queue_items=100,
         decoder_memory_slots=100,
+        decoder_skip_levels=1,
         discriminator_channels=(16, 32, 64, 64, 64),
         lambda_s=1.0,
+        generator_every=1,
         lr_min=1e-6,
     )
 
