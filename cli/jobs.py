@@ -2,8 +2,173 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=code)
+
+
+def batch(
+    folder: Annotated[
+        Path, typer.Argument(help="PACS export folder (DICOM with or without .dcm, DICOMDIR, PNG, JPEG).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for instances.csv, instances.jsonl, studies.csv.")],
+    chunk_size: Annotated[
+        int | None, typer.Option(min=1, help="Files per chunk (default $SQUID_CHUNK_SIZE).")
+    ] = None,
+    in_process: Annotated[
+        bool, typer.Option("--in-process", help="Score here even when SQUID_BROKER_URL is set.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Reuse scores of files already scored with this model.")
+    ] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Score every chest X-ray under FOLDER: in-process without a broker, else on the workers."""
+    from service.settings import get_settings
+
+    settings = get_settings()
+    if chunk_size:
+        settings = settings.model_copy(update={"chunk_size": chunk_size})
+    if not folder.is_dir():
+        raise _fail(f"not a folder: {folder}")
+    if settings.broker_url and not in_process:
+        _batch_on_workers(folder, out, settings, progress)
+    else:
+        _batch_in_process(folder, out, settings, resume, progress)
+
+
+def _batch_in_process(folder: Path, out: Path, settings: Settings, resume: bool, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from service.jobs.inprocess import run_inprocess
+
+    bar = tqdm(total=0, unit="file", disable=not progress, file=sys.stderr)
+
+    def on_total(total: int) -> None:
+        bar.total = total
+        bar.refresh()
+
+    def on_progress(files: int) -> None:
+        bar.update(files)
+
+    try:
+        summary = run_inprocess(
+            folder, out, settings, resume=resume, on_progress=on_progress, on_total=on_total
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        bar.close()
+    if summary.published.missing:
+        raise _fail(f"{len(summary.published.missing)} files have no result row", 1)
+    counts = summary.counts
+    scored = counts["scored"] + counts["resumed"]
+    typer.echo(
+        f"{summary.total} files in {summary.seconds:.1f} s ({summary.files_per_s:.1f} files/s): "
+        f"scored {scored} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
+        f"failed {counts['failed']}; {summary.published.studies} studies; results in {out}"
+    )
+
+
+def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from service.jobs.manager import JobError, JobManager
+
+    try:
+        manager = JobManager(settings)
+        view = manager.submit_folder(folder.resolve(), str(folder), check_import_root=False)
+    except JobError as exc:
+        raise _fail(f"{exc.reason}: {exc.detail}") from exc
+    typer.echo(f"job {view.id} submitted to queue {settings.queue}", err=True)
+    bar = tqdm(total=0, unit="file", disable=not progress, file=sys.stderr)
+    try:
+        while not view.finished:
+            time.sleep(0.5)
+            try:
+                view = manager.get(view.id)
+            except JobError as exc:
+                if exc.status != 503:
+                    raise
+                bar.set_postfix_str("broker unreachable, retrying")
+                continue
+            if view.total and bar.total != view.total:
+                bar.total = view.total
+            bar.n = view.done
+            bar.set_postfix_str(view.state)
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()
+        typer.echo(
+            f"\njob {view.id} keeps running on the workers (DELETE /jobs/{view.id} cancels it)", err=True
+        )
+        raise typer.Exit(code=130) from None
+    except JobError as exc:
+        bar.close()
+        raise _fail(f"{exc.reason}: {exc.detail}") from exc
+    bar.close()
+    if view.state != "succeeded":
+        detail = f" ({view.error['reason']}: {view.error['detail']})" if view.error else ""
+        raise _fail(f"job {view.id} {view.state}{detail}", 1)
+    manager.copy_results(view.id, out)
+    typer.echo(
+        f"{view.total} files in {view.elapsed_s or 0:.1f} s ({view.files_per_s or 0:.1f} files/s): "
+        f"scored {view.scored} ({view.resumed} resumed), skipped {view.skipped}, failed {view.failed}; "
+        f"job {view.id}; results in {out}"
+    )
+
+
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Pool processes (or threads).")] = 1,
+    pool: Annotated[
+        str, typer.Option(help="prefork (default), solo (one process, e.g. per GPU) or threads.")
+    ] = "prefork",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="onnxruntime threads per process (default: cores / processes).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Prometheus port (default $SQUID_WORKER_METRICS_PORT)."),
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue to consume (default $SQUID_QUEUE).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Start a Celery batch worker (model loaded once per process, after the fork)."""
+    from service.jobs.worker import POOLS, celery_argv, worker_environment
+    from service.settings import get_settings
+
+    settings = get_settings()
+    if pool not in POOLS:
+        raise _fail(f"--pool must be one of {', '.join(POOLS)}")
+    if not settings.broker_url:
+        raise _fail("SQUID_BROKER_URL is not set: a worker needs the Redis broker")
+    env = worker_environment(
+        dict(os.environ),
+        queue=queue,
+        concurrency=concurrency,
+        pool=pool,
+        threads=threads,
+        metrics_port=metrics_port or settings.worker_metrics_port,
+    )
+    argv = celery_argv(queue or settings.queue, concurrency, pool, loglevel.upper())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "service.jobs.worker", *argv], env)
 
 
 def register(app: typer.Typer) -> None:
     """Add the batch commands to the ``squid`` app."""
+    app.command()(batch)
+    app.command()(worker)

@@ -2,8 +2,74 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the ``squid`` app."""
+    app.command()(serve)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: $SQUID_HOST or 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: $SQUID_PORT or 8000]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes [default: $SQUID_WORKERS or 1]")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="ONNX artifact [default: $SQUID_MODEL_PATH or the shipped one]")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold.")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="Log level [default: $SQUID_LOG_LEVEL or INFO]")
+    ] = None,
+) -> None:
+    """Serve POST /score, the web page, /model, /healthz, /readyz and /metrics (settings: SQUID_*)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from model.runtime import default_artifact_path
+    from service.logs import logging_config
+    from service.settings import get_settings
+
+    # CLI options become SQUID_* variables so every worker process builds the same Settings.
+    overrides = {"SQUID_MODEL_PATH": model, "SQUID_THRESHOLD": threshold, "SQUID_LOG_LEVEL": log_level}
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+    artifact = settings.model_path or default_artifact_path()
+    if not Path(artifact).is_file():
+        typer.secho(f"error: model artifact not found: {artifact}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    processes = workers or settings.workers
+    metrics_dir = None
+    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="squid-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=processes,
+            log_config=logging_config(settings.log_level),
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+        )
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

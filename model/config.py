@@ -124,7 +124,7 @@ def lite() -> SquidConfig:
 
 
 def digit() -> SquidConfig:
-    """DigitAnatomy: 96 px images, a 3x3 grid of 32 px digit cells, 4x4 bottleneck (reference digit config)."""
+    """DigitAnatomy: 96 px, a 3x3 grid of 32 px digit cells, 4x4 bottleneck (the reference digit config)."""
     return SquidConfig(
         name="digit",
         image_size=96,

@@ -24,21 +24,37 @@ def preprocessing_spec(size: int) -> dict[str, Any]:
         "version": PREPROCESSING_VERSION,
         "input": "grayscale, display-ready (VOI/presentation LUTs applied, MONOCHROME1 inverted)",
         "resize": {"size": [size, size], "method": "PIL bilinear (antialiased), aspect not kept"},
-        "intensity": "per-image min-max to [0, 1] after resizing; constant images map to 0",
+        "intensity": "per-image min-max to [0, 1] before and after resizing; constant images map to 0",
         "dtype": "float32",
         "layout": "NCHW, C=1",
     }
 
 
+def unit_range(pixels: NDArray[Any]) -> NDArray[np.float32]:
+    """Min-max to [0, 1], computed in float64 so decoders' intensity scales leave no rounding trace.
+
+    A constant image becomes zeros.
+    """
+    values = np.asarray(pixels, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
 def preprocess(image: NDArray[Any], size: int) -> NDArray[np.float32]:
-    """2-D grayscale array -> (size, size) float32 in [0, 1]."""
+    """2-D grayscale array -> (size, size) float32 in [0, 1].
+
+    Normalising before resizing makes the network input bit-identical for the same picture at any
+    bit depth or polarity; normalising again after resizing restores the full [0, 1] range.
+    """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise ValueError(f"image too small to score: {image.shape}")
-    pixels = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(pixels).all():
+    if not np.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
+    pixels = unit_range(image)
     if pixels.shape != (size, size):
         pixels = np.asarray(
             Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR),

@@ -102,8 +102,14 @@ class SquidRuntime:
         size = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (1, size, size):
             raise ValueError(f"expected a batch of shape (N, 1, {size}, {size}), got {batch.shape}")
+        count = len(batch)
+        if count == 1:
+            # onnxruntime's CPU kernels round a one-image batch differently from larger ones (~1e-8 in
+            # the raw logit); padding to two keeps a score independent of the batch it was computed in.
+            batch = np.concatenate([batch, np.zeros_like(batch)])
         feeds = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
-        return dict(zip(OUTPUT_NAMES, self.session.run(None, feeds), strict=True))
+        outputs = self.session.run(None, feeds)
+        return {name: value[:count] for name, value in zip(OUTPUT_NAMES, outputs, strict=True)}
 
     def score(self, batch: NDArray[np.float32]) -> list[ScoreResult]:
         if len(batch) == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,7 +16,9 @@ class Settings(BaseSettings):
 
     model_path: Path | None = Field(None, description="ONNX artifact; default: the shipped model.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override the artifact's threshold.")
-    providers: list[str] | None = Field(None, description="onnxruntime providers; default: CUDA if present, CPU.")
+    providers: list[str] | None = Field(
+        None, description="onnxruntime providers; default: CUDA if present, CPU."
+    )
     intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per session.")
     api_key: str | None = Field(None, description="When set, required as X-API-Key except on health/metrics.")
     max_upload_mb: float = Field(64.0, gt=0, description="Largest accepted request body.")
@@ -34,6 +36,27 @@ class Settings(BaseSettings):
     chunk_size: int = Field(32, ge=1, description="Files per Celery task.")
     max_zip_mb: float = Field(2048.0, gt=0, description="Largest accepted zip upload for a job.")
     worker_metrics_port: int | None = Field(None, ge=1, le=65535, description="Prometheus port of a worker.")
+    queue: str = Field("squid-batch", min_length=1, description="Celery queue of the batch tasks.")
+    key_prefix: str = Field("squid", min_length=1, description="Prefix of the Redis keys of jobs and cache.")
+    visibility_timeout_s: int = Field(
+        3600, ge=2, description="Redis visibility timeout: an unacknowledged task is redelivered after it."
+    )
+    task_time_limit_s: int = Field(
+        1800, ge=1, description="Hard limit of one task; must stay below the visibility timeout."
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries of one chunk before its files are failed (poison-pill guard)."
+    )
+    max_zip_extract_mb: float = Field(8192.0, gt=0, description="Largest uncompressed size of a zip job.")
+    job_ttl_hours: float = Field(168.0, gt=0, description="How long finished jobs stay in Redis.")
+
+    @model_validator(mode="after")
+    def _time_limit_below_visibility(self) -> Settings:
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "task_time_limit_s must be below visibility_timeout_s, or running tasks get redelivered"
+            )
+        return self
 
     @property
     def max_upload_bytes(self) -> int:

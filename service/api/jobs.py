@@ -1,7 +1,272 @@
-"""Batch job routes (POST/GET/DELETE /jobs). Filled in by the batch-jobs work."""
+"""Batch job routes: ``POST /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/results``, ``DELETE /jobs/{id}``.
+
+Thin routes over :class:`service.jobs.manager.JobManager`; the work runs on the Celery workers.
+Errors answer ``{"error": {"reason": code, "detail": text}}``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import shutil
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+
+from service.errors import (
+    ERROR_SCHEMA,
+    INVALID_REQUEST,
+    MALFORMED_REQUEST,
+    MISSING_FILE,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    error_response,
+)
+from service.jobs.archive import ArchiveError, check_archive, remove_tree
+from service.jobs.manager import JobError, JobManager, JobView
+from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["jobs"])
+
+ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream"})
+MAX_JSON_BYTES = 64 * 1024
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+_managers: dict[str, JobManager] = {}
+
+
+class JobPathRequest(BaseModel):
+    path: str = Field(description="Folder inside SQUID_IMPORT_ROOT: relative to it, or absolute.")
+
+
+class JobFailure(BaseModel):
+    reason: str
+    detail: str
+
+
+class JobOut(BaseModel):
+    """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``failed`` (of ``total``)."""
+
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    source: str = Field(description="'path' or 'zip'.")
+    label: str = Field(description="The folder relative to the import root, or 'upload.zip'.")
+    total: int = Field(description="Files found (0 until a worker walked the tree).")
+    done: int = Field(description="Files with a result row so far, whatever the outcome.")
+    scored: int
+    resumed: int = Field(description="Of the scored files, those whose score an earlier job computed.")
+    skipped: int = Field(description="Not scoreable by design (junk, SR, lateral, non-chest, ...).")
+    failed: int = Field(description="Should have scored but could not (truncated, undecodable, ...).")
+    chunks: int
+    chunks_done: int
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    elapsed_s: float | None
+    files_per_s: float | None = Field(description="Throughput: done / elapsed.")
+    model_version: str | None
+    threshold: float | None
+    error: JobFailure | None = Field(description="Why a job failed (state_lost, missing_results, ...).")
+    stage_ms_per_file: dict[str, float] = Field(
+        description="Worker time per file by stage (read, decode, preprocess, inference, write), in ms."
+    )
+    results: dict[str, str] | None = Field(description="Result URLs once the job succeeded.")
+
+
+def job_settings(request: Request) -> Settings:
+    """The app's settings (``create_app(settings)``), else the environment's."""
+    settings = getattr(getattr(request.app.state, "squid", None), "settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(job_settings)]
+
+
+def _from_job_error(exc: JobError | ArchiveError) -> JSONResponse:
+    return error_response(exc.status, exc.reason, exc.detail)
+
+
+def _manager_for(settings: Settings) -> JobManager:
+    """One manager (Redis pool, Celery producer) per distinct settings."""
+    key = settings.model_dump_json()
+    if key not in _managers:
+        _managers[key] = JobManager(settings)
+    return _managers[key]
+
+
+def _manager_or_error(settings: Settings) -> JobManager | JSONResponse:
+    try:
+        return _manager_for(settings)
+    except JobError as exc:
+        return _from_job_error(exc)
+
+
+def _out(view: JobView, request: Request) -> JobOut:
+    results = None
+    if view.state == "succeeded":
+        base = str(request.url_for("job_results", job_id=view.id))
+        results = {
+            f"{level}_{fmt}": f"{base}?format={fmt}&level={level}"
+            for level in ("instance", "study")
+            for fmt in ("csv", "jsonl")
+        }
+    data = {name: getattr(view, name) for name in JobOut.model_fields if name != "results"}
+    return JobOut(**data, results=results)
+
+
+_POST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": JobPathRequest.model_json_schema()},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for code, text in (
+        (403, "path outside SQUID_IMPORT_ROOT (also via '..' or symlinks), or folder jobs disabled"),
+        (404, "no such folder / job"),
+        (409, "job not finished (results) or already finished (cancel)"),
+        (413, "zip upload or its uncompressed content too large"),
+        (415, "body is neither JSON nor a zip archive"),
+        (422, "invalid path or body"),
+        (503, "no broker configured, or Redis unreachable"),
+    )
+}
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut, openapi_extra=_POST_BODY, responses=_ERRORS)
+async def create_job(request: Request, response: Response, settings: SettingsDep) -> Response | JobOut:
+    """Start a job over a folder inside the import root (JSON ``{"path": ...}``) or an uploaded zip
+    (raw ``application/zip`` body or multipart field ``file``).
+
+    Returns at once (202, ``Location: /jobs/{id}``); a worker walks the tree and scores it in chunks.
+    """
+    manager = _manager_or_error(settings)
+    if isinstance(manager, JSONResponse):
+        return manager
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type == "application/json":
+            raw = b"".join([chunk async for chunk in _limited(request.stream(), MAX_JSON_BYTES)])
+            try:
+                body = JobPathRequest.model_validate(json.loads(raw))
+            except ValueError:
+                return error_response(422, INVALID_REQUEST, 'expected a JSON object {"path": "<folder>"}')
+            view = await anyio.to_thread.run_sync(manager.submit_path, body.path)
+        elif content_type in ZIP_TYPES or content_type == "multipart/form-data":
+            view = await _submit_upload(request, manager, content_type)
+        else:
+            return error_response(
+                415, UNSUPPORTED_MEDIA_TYPE, 'send JSON {"path": ...}, a zip body or a multipart field "file"'
+            )
+    except (JobError, ArchiveError) as exc:
+        return _from_job_error(exc)
+    except MultiPartException as exc:
+        return error_response(400, MALFORMED_REQUEST, f"malformed multipart body: {exc.message}")
+    except ClientDisconnect:
+        return error_response(400, MALFORMED_REQUEST, "the client disconnected during the upload")
+    response.headers["Location"] = f"/jobs/{view.id}"
+    return _out(view, request)
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise JobError(413, TOO_LARGE, f"the request body exceeds {limit} bytes")
+        yield chunk
+
+
+async def _submit_upload(request: Request, manager: JobManager, content_type: str) -> JobView:
+    settings = manager.settings
+    limit = int(settings.max_zip_mb * (1 << 20))
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + (1 << 16):
+        raise JobError(413, TOO_LARGE, f"the request body exceeds {limit} bytes")
+    job_id, job_dir = await anyio.to_thread.run_sync(manager.new_job)
+    target = job_dir / "upload.zip"
+    try:
+        if content_type == "multipart/form-data":
+            await _save_multipart(request, target, limit)
+        else:
+            with open(target, "wb") as sink:
+                async for chunk in _limited(request.stream(), limit):
+                    sink.write(chunk)
+        extract_limit = int(settings.max_zip_extract_mb * (1 << 20))
+        await anyio.to_thread.run_sync(check_archive, target, extract_limit)
+        return await anyio.to_thread.run_sync(manager.submit_zip, job_id, job_dir)
+    except BaseException:
+        remove_tree(job_dir)
+        raise
+
+
+async def _save_multipart(request: Request, target: Path, limit: int) -> None:
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=8)
+    form = await parser.parse()
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise JobError(422, MISSING_FILE, "multipart upload needs a 'file' field with the zip archive")
+        with open(target, "wb") as sink:
+            await anyio.to_thread.run_sync(shutil.copyfileobj, upload.file, sink)
+    finally:
+        await form.close()
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
+def get_job(job_id: str, request: Request, settings: SettingsDep) -> Response | JobOut:
+    """State, counts (total, done, scored, resumed, skipped, failed), times and throughput."""
+    manager = _manager_or_error(settings)
+    if isinstance(manager, JSONResponse):
+        return manager
+    try:
+        return _out(manager.get(job_id), request)
+    except JobError as exc:
+        return _from_job_error(exc)
+
+
+@router.get("/jobs/{job_id}/results", name="job_results", responses=_ERRORS)
+def get_results(
+    job_id: str,
+    settings: SettingsDep,
+    format: Annotated[Literal["csv", "jsonl"], Query(description="csv or jsonl")] = "csv",
+    level: Annotated[Literal["instance", "study"], Query(description="instance or study rows")] = "instance",
+) -> Response:
+    """The result file: one row per file (``instance``) or per study, as CSV or JSON Lines."""
+    manager = _manager_or_error(settings)
+    if isinstance(manager, JSONResponse):
+        return manager
+    try:
+        path = manager.result_file(job_id, level, format)
+    except JobError as exc:
+        return _from_job_error(exc)
+    return FileResponse(path, media_type=MEDIA_TYPES[format], filename=f"{job_id}-{path.name}")
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
+def cancel_job(job_id: str, request: Request, settings: SettingsDep) -> Response | JobOut:
+    """Cancel a queued or running job: chunks not yet started are dropped; results are not published."""
+    manager = _manager_or_error(settings)
+    if isinstance(manager, JSONResponse):
+        return manager
+    try:
+        return _out(manager.cancel(job_id), request)
+    except JobError as exc:
+        return _from_job_error(exc)

@@ -1,0 +1,31 @@
+"""``GET /model``: the loaded artifact's embedded metadata and how this server uses it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.deps import StateDep
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/model", summary="Artifact metadata")
+async def model_info(state: StateDep) -> dict[str, Any]:
+    """The artifact's metadata (name, version, weights sha256, calibration, threshold rule, validation,
+    training provenance) plus ``serving``: the active threshold and where it comes from."""
+    runtime, _ = state.ready_parts()
+    settings = state.settings
+    info = runtime.metadata.to_dict()
+    info["serving"] = {
+        "threshold": runtime.threshold,
+        "threshold_source": "SQUID_THRESHOLD" if settings.threshold is not None else "artifact",
+        "artifact_threshold": runtime.metadata.threshold,
+        "artifact_file": runtime.path.name,
+        "providers": list(runtime.providers),
+        "max_batch": settings.max_batch,
+        "max_wait_ms": settings.max_wait_ms,
+        "max_upload_mb": settings.max_upload_mb,
+    }
+    return info

@@ -1,0 +1,165 @@
+"""``POST /score``: one chest X-ray in (DICOM, PNG or JPEG), its anomaly score out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from model.imaging import ImageRejected
+from service import metrics
+from service.batching import BatcherClosedError
+from service.deps import StateDep
+from service.errors import ERROR_SCHEMA, NOT_READY, ApiError, rejection_response
+from service.pipeline import result_payload
+from service.uploads import DECLARED_FORMAT, read_upload
+
+log = logging.getLogger("squid.score")
+router = APIRouter(tags=["scoring"])
+
+CONTENT_TYPE_MISMATCH = "content_type_mismatch"
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class InputInfo(BaseModel):
+    format: str = Field(description="dicom, png or jpeg (detected from the content)")
+    rows: int
+    columns: int
+    photometric_interpretation: str | None = None
+    bits_stored: int | None = None
+    view_position: str | None = None
+    transfer_syntax: str | None = None
+    transfer_syntax_name: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+
+
+class Timing(BaseModel):
+    decode: float
+    preprocess: float
+    queue: float = Field(description="wait in the micro-batching queue")
+    inference: float = Field(description="the onnxruntime call of this image's micro-batch")
+
+
+class ScoreResponse(BaseModel):
+    score: float = Field(description="calibrated anomaly score, 0..1, higher = more anomalous")
+    is_anomalous: bool
+    threshold: float
+    raw_score: float
+    model: ModelRef
+    input: InputInfo
+    warnings: list[str]
+    timing_ms: Timing
+    heatmap_png_base64: str | None = Field(None, description="with ?heatmap=true: overlay PNG")
+    preview_png_base64: str | None = Field(None, description="with ?preview=true: decoded input PNG")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "application/dicom": _BINARY,
+        "image/png": _BINARY,
+        "image/jpeg": _BINARY,
+    },
+}
+
+
+@router.post(
+    "/score",
+    summary="Score one chest X-ray",
+    response_model=ScoreResponse,
+    response_model_exclude_none=True,
+    openapi_extra={"requestBody": REQUEST_BODY},
+    responses={
+        400: _error("malformed_request: broken multipart body or headers"),
+        401: _error("unauthorized: SQUID_API_KEY is set and the key is missing or wrong"),
+        413: _error("too_large: body over SQUID_MAX_UPLOAD_MB"),
+        415: _error("unsupported_format: neither DICOM, PNG nor JPEG (by content), or another Content-Type"),
+        422: _error(
+            "missing_file, no_pixel_data, unsupported_modality, lateral_view, not_chest, undecodable, "
+            "image_too_large, empty_image"
+        ),
+        503: _error("not_ready: the model is still loading"),
+    },
+)
+async def score(
+    request: Request,
+    state: StateDep,
+    heatmap: bool = Query(False, description="Add the anomaly-map overlay as a base64 PNG."),
+    preview: bool = Query(False, description="Add the decoded input (what the model saw) as a base64 PNG."),
+) -> JSONResponse:
+    """Multipart field ``file`` or a raw ``application/dicom`` / ``image/png`` / ``image/jpeg`` body;
+    the format is detected from the content. DICOM UIDs are echoed, patient identifiers never are."""
+    runtime, batcher = state.ready_parts()
+    try:
+        upload = await read_upload(request, state.settings.max_upload_bytes)
+    except ApiError as exc:
+        metrics.REJECTIONS.labels(exc.reason).inc()
+        log.info("rejected", extra={"reason": exc.reason, "status": exc.status})
+        raise
+    try:
+        with batcher.incoming():
+            prepared = await state.prepare(upload.data, runtime.input_size)
+    except ImageRejected as exc:
+        metrics.REJECTIONS.labels(exc.reason).inc()
+        log.info("rejected", extra={"reason": exc.reason, "status": exc.status, "detail": exc.detail})
+        return rejection_response(exc)
+    info = prepared.decoded.info
+    metrics.DECODE_SECONDS.labels(info.format).observe(prepared.timing_ms["decode"] / 1e3)
+    metrics.PREPROCESS_SECONDS.observe(prepared.timing_ms["preprocess"] / 1e3)
+    promised = DECLARED_FORMAT.get(upload.declared_type or "")
+    if promised is not None and promised != info.format:
+        prepared.decoded.warnings.append(CONTENT_TYPE_MISMATCH)
+    try:
+        outcome = await batcher.submit(prepared)
+    except BatcherClosedError as exc:
+        raise ApiError(503, NOT_READY, str(exc), {"Retry-After": "5"}) from None
+    prepared.timing_ms["queue"] = outcome.queue_ms
+    prepared.timing_ms["inference"] = outcome.inference_ms
+    result = outcome.result
+    version = runtime.metadata.model_version
+    metrics.observe_score(version, result.score, result.is_anomalous)
+    if heatmap or preview:
+        payload = await run_in_threadpool(result_payload, runtime, prepared, result, heatmap, preview)
+    else:
+        payload = result_payload(runtime, prepared, result, False)
+    log.info(
+        "scored",
+        extra={
+            "format": info.format,
+            "rows": info.rows,
+            "columns": info.columns,
+            "score": round(result.score, 6),
+            "is_anomalous": result.is_anomalous,
+            "model_version": version,
+            "batch_size": outcome.batch_size,
+            "warnings": payload["warnings"],
+            "timing_ms": payload["timing_ms"],
+        },
+    )
+    return JSONResponse(payload)

@@ -1,0 +1,147 @@
+"""Typed dependencies of the routes: the app state (settings, runtime, batcher) and the API key check."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from model.runtime import SquidRuntime
+from service import metrics
+from service.batching import MicroBatcher
+from service.errors import NOT_READY, UNAUTHORIZED, ApiError
+from service.pipeline import Prepared, prepare
+from service.settings import Settings
+
+log = logging.getLogger("squid.app")
+
+
+@dataclass
+class AppState:
+    """Everything a request needs, created by :func:`service.app.create_app`, filled at startup."""
+
+    settings: Settings
+    runtime: SquidRuntime | None = None
+    batcher: MicroBatcher | None = None
+    ready: bool = False
+    load_error: str | None = None
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="squid-infer")
+    )
+    # Decoding runs in the thread pool; bound how many large images are in memory at once.
+    decode_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(max(2, os.cpu_count() or 2))
+    )
+
+    async def load(self) -> None:
+        """Open the artifact (unless one was given), warm it up, start the batcher; never raises."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self.runtime is None:
+                self.runtime = await loop.run_in_executor(self.executor, open_runtime, self.settings)
+            runtime = self.runtime
+            await loop.run_in_executor(self.executor, warm_up, runtime)
+            self.batcher = MicroBatcher(
+                runtime,
+                max_batch=self.settings.max_batch,
+                max_wait_ms=self.settings.max_wait_ms,
+                executor=self.executor,
+            )
+            self.batcher.start()
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+            return
+        metrics.set_model(runtime.metadata, runtime.threshold)
+        self.ready = True
+        log.info(
+            "model ready",
+            extra={
+                "model_name": runtime.metadata.model_name,
+                "model_version": runtime.metadata.model_version,
+                "threshold": runtime.threshold,
+                "providers": runtime.providers,
+                "max_batch": self.settings.max_batch,
+                "max_wait_ms": self.settings.max_wait_ms,
+            },
+        )
+
+    async def close(self) -> None:
+        self.ready = False
+        metrics.MODEL_READY.set(0)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def ready_parts(self) -> tuple[SquidRuntime, MicroBatcher]:
+        """The runtime and batcher, or a 503 while loading (or after a failed load)."""
+        if not self.ready or self.runtime is None or self.batcher is None:
+            detail = f"model failed to load: {self.load_error}" if self.load_error else "model is loading"
+            raise ApiError(503, NOT_READY, detail, {"Retry-After": "5"})
+        return self.runtime, self.batcher
+
+    async def prepare(self, data: bytes, input_size: int) -> Prepared:
+        """Decode and preprocess in the thread pool (raises ``ImageRejected``)."""
+        async with self.decode_slots:
+            return await run_in_threadpool(prepare, data, input_size, self.settings.max_pixels)
+
+
+def open_runtime(settings: Settings) -> SquidRuntime:
+    return SquidRuntime(
+        settings.model_path,
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        threshold=settings.threshold,
+    )
+
+
+def warm_up(runtime: SquidRuntime) -> None:
+    """Session initialisation, then one run of the batch shape requests use (never a batch of one)."""
+    runtime.warmup()
+    runtime.score(np.zeros((2, runtime.input_size, runtime.input_size), np.float32))
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.squid
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The SQUID_API_KEY value.")
+_bearer = HTTPBearer(auto_error=False, description="The SQUID_API_KEY value as a bearer token.")
+
+
+def require_api_key(
+    state: StateDep,
+    api_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """When ``SQUID_API_KEY`` is set, require it as ``X-API-Key`` or ``Authorization: Bearer``."""
+    expected = state.settings.api_key
+    if not expected:
+        return
+    offered = api_key if api_key is not None else (bearer.credentials if bearer is not None else None)
+    if offered is None or not hmac.compare_digest(_bytes(offered), _bytes(expected)):
+        raise ApiError(
+            401,
+            UNAUTHORIZED,
+            "a valid API key is required (header X-API-Key or Authorization: Bearer)",
+            {"WWW-Authenticate": 'Bearer realm="squid"'},
+        )
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+ApiKeyDep = Depends(require_api_key)

@@ -1,0 +1,109 @@
+"""One error shape for every failure: ``{"error": {"reason": <code>, "detail": <text>}}``.
+
+``reason`` is a stable machine-readable code (the image reasons of :mod:`model.imaging` plus the
+request-level ones below); ``detail`` is for humans and never quotes patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.imaging import ImageRejected
+
+log = logging.getLogger("squid.errors")
+
+# Request-level reasons (image reasons come from model.imaging.Reason).
+TOO_LARGE = "too_large"
+MISSING_FILE = "missing_file"
+MALFORMED_REQUEST = "malformed_request"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_format"  # same code as unknown content: the client fix is the same
+UNAUTHORIZED = "unauthorized"
+NOT_READY = "not_ready"
+INVALID_REQUEST = "invalid_request"
+INTERNAL_ERROR = "internal_error"
+
+# Schema for the OpenAPI documentation of error responses.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"reason": {"type": "string"}, "detail": {"type": "string"}},
+            "required": ["reason", "detail"],
+        }
+    },
+    "required": ["error"],
+}
+
+
+class ApiError(Exception):
+    """Raise anywhere in a request to answer ``status`` with the standard error body."""
+
+    def __init__(
+        self, status: int, reason: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+def error_body(reason: str, detail: str) -> dict[str, dict[str, str]]:
+    return {"error": {"reason": reason, "detail": detail}}
+
+
+def error_response(
+    status: int, reason: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(reason, detail), status_code=status, headers=dict(headers or {}))
+
+
+def rejection_response(exc: ImageRejected) -> JSONResponse:
+    return error_response(exc.status, exc.reason, exc.detail)
+
+
+def _http_reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception FastAPI/Starlette raise to the standard body (500s are handled in the
+    request middleware, which logs them)."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.reason, exc.detail, exc.headers)
+
+    async def image_rejected(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ImageRejected)
+        return rejection_response(exc)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        detail = exc.detail if isinstance(exc.detail, str) else _http_reason(exc.status_code)
+        return error_response(exc.status_code, _http_reason(exc.status_code), detail, exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for item in exc.errors()[:5]:
+            where = ".".join(str(p) for p in item.get("loc", ()))
+            parts.append(f"{where}: {item.get('msg', 'invalid')}")
+        return error_response(422, INVALID_REQUEST, "; ".join(parts) or "invalid request")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(ImageRejected, image_rejected)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

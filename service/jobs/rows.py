@@ -1,0 +1,188 @@
+"""Result rows: one per file of a job, the study roll-up, and their CSV / JSON Lines encodings.
+
+Reason codes are those of ``POST /score`` (:class:`model.imaging.Reason`) plus a few only a folder
+walk can meet. A *skipped* file is not scoreable by design (not an image, not a frontal chest
+radiograph); a *failed* file should have been scoreable but could not be read or decoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from model.imaging import Reason as ImageReason
+
+
+class Status(StrEnum):
+    SCORED = "scored"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Reason(StrEnum):
+    """Every reason code a row can carry; the first eight are exactly the ``POST /score`` codes."""
+
+    UNSUPPORTED_FORMAT = ImageReason.UNSUPPORTED_FORMAT.value
+    NO_PIXEL_DATA = ImageReason.NO_PIXEL_DATA.value
+    UNSUPPORTED_MODALITY = ImageReason.UNSUPPORTED_MODALITY.value
+    LATERAL_VIEW = ImageReason.LATERAL_VIEW.value
+    NOT_CHEST = ImageReason.NOT_CHEST.value
+    UNDECODABLE = ImageReason.UNDECODABLE.value
+    IMAGE_TOO_LARGE = ImageReason.IMAGE_TOO_LARGE.value
+    EMPTY_IMAGE = ImageReason.EMPTY_IMAGE.value
+    DICOMDIR = "dicomdir"
+    OUTSIDE_ROOT = "outside_root"
+    UNREADABLE = "unreadable"
+    MISSING_FILE = "missing_file"
+    INFERENCE_ERROR = "inference_error"
+    MODEL_MISMATCH = "model_mismatch"
+    WORKER_LOST = "worker_lost"
+
+
+SKIPPED_REASONS = frozenset(
+    {
+        Reason.UNSUPPORTED_FORMAT,
+        Reason.NO_PIXEL_DATA,
+        Reason.UNSUPPORTED_MODALITY,
+        Reason.LATERAL_VIEW,
+        Reason.NOT_CHEST,
+        Reason.DICOMDIR,
+        Reason.OUTSIDE_ROOT,
+    }
+)
+
+
+def status_for(reason: str) -> Status:
+    """Skipped (not scoreable by design) or failed (should have scored, could not)."""
+    return Status.SKIPPED if reason in SKIPPED_REASONS else Status.FAILED
+
+
+INSTANCE_COLUMNS = (
+    "path",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "score",
+    "is_anomalous",
+    "threshold",
+    "status",
+    "reason",
+    "model_version",
+    "detail",
+)
+STUDY_COLUMNS = (
+    "study_instance_uid",
+    "images",
+    "scored",
+    "max_score",
+    "flagged",
+    "threshold",
+    "model_version",
+)
+DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Row:
+    """One file's outcome. ``score``/``is_anomalous``/``threshold`` are set only when scored."""
+
+    path: str
+    status: str
+    model_version: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    sop_instance_uid: str = ""
+    score: float | None = None
+    is_anomalous: bool | None = None
+    threshold: float | None = None
+    reason: str = ""
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Lossless form used in chunk files (full-precision floats)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        return cls(**data)
+
+    @classmethod
+    def rejected(cls, path: str, reason: str, detail: str, model_version: str, **uids: str) -> Row:
+        return cls(
+            path,
+            status_for(reason).value,
+            model_version,
+            study_instance_uid=uids.get("study_instance_uid", ""),
+            series_instance_uid=uids.get("series_instance_uid", ""),
+            sop_instance_uid=uids.get("sop_instance_uid", ""),
+            reason=reason,
+            detail=detail,
+        )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, DECIMALS)
+
+
+def instance_record(row: Row) -> dict[str, Any]:
+    """The published form of a row (rounded scores), in column order."""
+    record = asdict(row)
+    record["score"], record["threshold"] = _round(row.score), _round(row.threshold)
+    return {column: record[column] for column in INSTANCE_COLUMNS}
+
+
+def study_records(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    """One record per study UID: images counted, max score over its scored (frontal) images, flagged.
+
+    Rows without a Study Instance UID (PNG/JPEG, junk) belong to no study. ``flagged`` is empty when
+    none of the study's images could be scored.
+    """
+    studies: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.study_instance_uid:
+            studies.setdefault(row.study_instance_uid, []).append(row)
+    records = []
+    for uid in sorted(studies):
+        members = studies[uid]
+        scored = [row for row in members if row.status == Status.SCORED and row.score is not None]
+        best = max(scored, key=lambda row: row.score or 0.0) if scored else None
+        records.append(
+            {
+                "study_instance_uid": uid,
+                "images": len(members),
+                "scored": len(scored),
+                "max_score": _round(best.score) if best else None,
+                "flagged": any(bool(row.is_anomalous) for row in scored) if scored else None,
+                "threshold": _round(best.threshold) if best else None,
+                "model_version": members[0].model_version,
+            }
+        )
+    return records
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.{DECIMALS}f}"
+    return str(value)
+
+
+def to_csv(records: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([_csv_value(record[column]) for column in columns])
+    return buffer.getvalue()
+
+
+def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n" for record in records)

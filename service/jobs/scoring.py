@@ -1,0 +1,201 @@
+"""Score one chunk of files: read, decode and preprocess each, run one batched inference, make rows.
+
+The same function runs inside Celery workers and in-process (``squid batch``), on the shared scoring
+path of :mod:`service.pipeline`, so batch and HTTP scores agree and both batch paths write identical
+result files. A file can only ever fail itself: every per-file error becomes a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+
+from model.imaging import ImageRejected
+from model.runtime import SquidRuntime
+from service.jobs.cache import ScoreCache
+from service.jobs.rows import Reason, Row, Status
+from service.jobs.walker import FileEntry, resolve_inside
+from service.pipeline import Prepared, infer, prepare
+
+log = logging.getLogger(__name__)
+
+STAGES = ("read", "decode", "preprocess", "inference", "write")
+UID_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+# Files larger than max(max_pixels * 8, 256 MiB) are refused unread (no image allowed could be that big).
+BYTES_PER_PIXEL_LIMIT = 8
+MIN_FILE_LIMIT = 256 << 20
+
+
+def model_namespace(runtime: SquidRuntime) -> str:
+    """What a cached score is valid for: the model version and its weights."""
+    meta = runtime.metadata
+    return f"{meta.model_version}@{meta.weights_sha256[:16]}"
+
+
+@dataclass
+class ChunkOutcome:
+    """Rows in entry order, counts by outcome, and summed per-stage times (ms).
+
+    ``counts["scored"]`` excludes ``counts["resumed"]`` (scores taken from the resume cache).
+    """
+
+    rows: list[Row]
+    counts: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
+    timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    inference_batch: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {key: int(self.counts.get(key, 0)) for key in ("scored", "resumed", "skipped", "failed")}
+
+
+@dataclass
+class _Pending:
+    index: int
+    entry: FileEntry
+    digest: str
+    item: Prepared
+
+
+def score_entries(
+    runtime: SquidRuntime,
+    root: Path,
+    entries: list[FileEntry],
+    *,
+    cache: ScoreCache,
+    max_pixels: int,
+) -> ChunkOutcome:
+    """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know."""
+    version = runtime.metadata.model_version
+    rows: list[Row | None] = [None] * len(entries)
+    outcome = ChunkOutcome(rows=[])
+    pending: list[_Pending] = []
+    for index, entry in enumerate(entries):
+        result = _prepare_one(runtime, root, entry, cache, max_pixels, outcome)
+        if isinstance(result, Row):
+            rows[index] = result
+        else:
+            digest, item = result
+            pending.append(_Pending(index, entry, digest, item))
+    if pending:
+        try:
+            results, inference_ms = infer(runtime, [p.item for p in pending])
+        except Exception as exc:  # the model failing on a batch fails its files, not the job
+            log.exception("inference failed for a batch of %d files", len(pending))
+            for p in pending:
+                rows[p.index] = Row.rejected(
+                    p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                )
+        else:
+            outcome.timing_ms["inference"] += inference_ms
+            outcome.inference_batch = len(pending)
+            fresh: dict[str, dict[str, object]] = {}
+            for p, res in zip(pending, results, strict=True):
+                uids = _uids(p.item)
+                rows[p.index] = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
+            try:
+                cache.put_many(fresh)
+            except Exception:  # losing a cache write costs a rescore later, never a row
+                log.warning("could not record %d scores in the resume cache", len(fresh))
+    outcome.rows = [row for row in rows if row is not None]
+    for row in outcome.rows:
+        if row.status == Status.SCORED:
+            outcome.counts["scored"] += 1
+        else:
+            outcome.counts[row.status] += 1
+            outcome.reasons[(row.status, row.reason)] += 1
+    outcome.counts["scored"] -= outcome.counts["resumed"]  # a resumed row is published like a fresh one
+    return outcome
+
+
+def _prepare_one(
+    runtime: SquidRuntime,
+    root: Path,
+    entry: FileEntry,
+    cache: ScoreCache,
+    max_pixels: int,
+    outcome: ChunkOutcome,
+) -> Row | tuple[str, Prepared]:
+    version = runtime.metadata.model_version
+    if entry.preset:
+        return Row.rejected(entry.path, entry.preset, entry.detail, version)
+    start = time.perf_counter()
+    try:
+        path = resolve_inside(root, entry.path)
+        if path.stat().st_size > max(max_pixels * BYTES_PER_PIXEL_LIMIT, MIN_FILE_LIMIT):
+            return Row.rejected(
+                entry.path, Reason.IMAGE_TOO_LARGE, "file larger than any image allowed", version
+            )
+        data = path.read_bytes()
+    except PermissionError as exc:
+        return Row.rejected(entry.path, Reason.OUTSIDE_ROOT, str(exc), version)
+    except OSError as exc:  # the message would quote the path; the code says enough
+        return Row.rejected(entry.path, Reason.UNREADABLE, exc.strerror or type(exc).__name__, version)
+    digest = hashlib.sha256(data).hexdigest()
+    outcome.timing_ms["read"] += (time.perf_counter() - start) * 1e3
+    try:
+        cached = cache.get_many([digest]).get(digest)
+    except Exception:
+        cached = None
+        log.warning("resume cache unavailable; scoring anyway")
+    if cached is not None:
+        outcome.counts["resumed"] += 1
+        uids = {
+            key: str(cached.get(key, ""))
+            for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
+        }
+        return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+    try:
+        item = prepare(data, runtime.input_size, max_pixels)
+    except ImageRejected as exc:
+        return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
+    outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
+    outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
+    # Keep the model input and the metadata only: a chunk of full-size radiographs would not fit.
+    item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
+    return digest, item
+
+
+def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:
+    return Row(
+        path,
+        Status.SCORED.value,
+        version,
+        score=score,
+        is_anomalous=bool(score >= threshold),
+        threshold=threshold,
+        **uids,
+    )
+
+
+def _uids(item: Prepared) -> dict[str, str]:
+    info = item.decoded.info
+    return {
+        "study_instance_uid": info.study_instance_uid or "",
+        "series_instance_uid": info.series_instance_uid or "",
+        "sop_instance_uid": info.sop_instance_uid or "",
+    }
+
+
+def _peek_uids(data: bytes, reason: str) -> dict[str, str]:
+    """The UIDs of a refused DICOM (so a lateral view still counts in its study), when readable."""
+    if reason == Reason.UNSUPPORTED_FORMAT:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(UID_TAGS))
+        values = [str(ds.get(tag, "") or "") for tag in UID_TAGS]
+    except Exception:
+        return {}
+    return dict(zip(("study_instance_uid", "series_instance_uid", "sop_instance_uid"), values, strict=True))

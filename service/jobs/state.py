@@ -1,0 +1,161 @@
+"""Live job state in Redis, plus the job record on disk that outlives it.
+
+Keys (``P`` = the configured key prefix):
+
+* ``P:job:ID`` hash: state, source, label, root, job_dir, created/started/finished times, total,
+  chunks, model version and namespace, threshold, error reason/detail, planned flag.
+* ``P:job:ID:chunks`` hash: chunk index -> JSON counts of a *finished* chunk. Progress is the sum of
+  this hash, so a chunk finishing twice counts once.
+* ``P:job:ID:attempts`` hash: chunk index -> deliveries seen (poison-pill guard).
+* ``P:jobs:active`` set of queued/running job ids (for the backlog gauge).
+
+State changes are compare-and-set Lua scripts: a job only moves forward (queued -> running ->
+succeeded | failed | cancelled), and writes for a job Redis no longer knows are refused, so a
+restarted, emptied Redis can not be half-filled again by a worker finishing an old chunk.
+``job.json`` in the job folder is written at submission and at every terminal state.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from service.jobs.results import atomic_write
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+COUNT_KEYS = ("scored", "resumed", "skipped", "failed")
+
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+local allowed = false
+for word in string.gmatch(ARGV[1], '[^,]+') do
+  if word == state then allowed = true end
+end
+if not allowed then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+_RECORD_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return redis.call('HLEN', KEYS[2])
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class JobState:
+    """Typed access to one Redis database's job keys."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._transition = client.register_script(_TRANSITION)
+        self._record = client.register_script(_RECORD_CHUNK)
+
+    def key(self, job_id: str, suffix: str = "") -> str:
+        return f"{self.prefix}:job:{job_id}{suffix}"
+
+    @property
+    def active_key(self) -> str:
+        return f"{self.prefix}:jobs:active"
+
+    def create(self, job_id: str, fields: dict[str, Any]) -> None:
+        mapping: dict[str | bytes, str] = {name: _encode(value) for name, value in fields.items()}
+        mapping["state"] = QUEUED
+        with self.client.pipeline() as pipe:
+            pipe.hset(self.key(job_id), mapping=mapping)  # type: ignore[arg-type]
+            pipe.sadd(self.active_key, job_id)
+            pipe.execute()
+
+    def get(self, job_id: str) -> dict[str, str] | None:
+        raw = self.client.hgetall(self.key(job_id))
+        if not raw:
+            return None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def transition(self, job_id: str, allowed: tuple[str, ...], fields: dict[str, Any]) -> int:
+        """Set ``fields`` if the job's state is one of ``allowed``: 1 done, 0 refused, -1 unknown job."""
+        args: list[str] = [",".join(allowed)]
+        for name, value in fields.items():
+            args.extend((name, _encode(value)))
+        return int(self._transition(keys=[self.key(job_id)], args=args))
+
+    def finish(self, job_id: str, state: str, ttl_s: int, error: tuple[str, str] | None = None) -> bool:
+        """Move an active job to a final state; its keys then expire after ``ttl_s``."""
+        fields: dict[str, Any] = {"state": state, "finished_at": now_iso()}
+        if error:
+            fields["error_reason"], fields["error_detail"] = error
+        changed = self.transition(job_id, ACTIVE_STATES, fields) == 1
+        if changed:
+            with self.client.pipeline() as pipe:
+                pipe.srem(self.active_key, job_id)
+                for suffix in ("", ":chunks", ":attempts"):
+                    pipe.expire(self.key(job_id, suffix), ttl_s)
+                pipe.execute()
+        return changed
+
+    def attempt(self, job_id: str, index: int) -> int:
+        return int(self.client.hincrby(self.key(job_id, ":attempts"), str(index), 1))
+
+    def record_chunk(self, job_id: str, index: int, counts: dict[str, Any]) -> int:
+        """Store a finished chunk's counts; returns how many chunks are finished (-1: unknown job)."""
+        keys = [self.key(job_id), self.key(job_id, ":chunks")]
+        return int(self._record(keys=keys, args=[str(index), json.dumps(counts)]))
+
+    def chunk_indices(self, job_id: str) -> set[int]:
+        return {int(_text(k)) for k in self.client.hkeys(self.key(job_id, ":chunks"))}
+
+    def progress(self, job_id: str) -> dict[str, Any]:
+        """Summed counts of the finished chunks, ``chunks_done``, and ``stage_ms`` totals per stage."""
+        totals: dict[str, Any] = dict.fromkeys((*COUNT_KEYS, "chunks_done"), 0)
+        stages: dict[str, float] = {}
+        for value in self.client.hvals(self.key(job_id, ":chunks")):
+            counts = json.loads(value)
+            totals["chunks_done"] += 1
+            for name in COUNT_KEYS:
+                totals[name] += counts.get(name, 0)
+            for stage, ms in (counts.get("stage_ms") or {}).items():
+                stages[stage] = stages.get(stage, 0.0) + ms
+        totals["stage_ms"] = {stage: round(ms, 3) for stage, ms in stages.items()}
+        return totals
+
+    def active_jobs(self) -> list[str]:
+        return sorted(_text(v) for v in self.client.smembers(self.active_key))
+
+
+def _encode(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def write_record(job_dir: Path, record: dict[str, Any]) -> None:
+    """The job's durable record (``job.json``): what GET answers once Redis forgot the job."""
+    atomic_write(job_dir / "job.json", json.dumps(record, indent=2, sort_keys=True))
+
+
+def read_record(job_dir: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data

@@ -1,0 +1,133 @@
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const drop = $("drop");
+  const fileInput = $("file");
+  const keyInput = $("api-key");
+  const status = $("status");
+  const KEY_STORE = "squid-api-key";
+
+  keyInput.value = sessionStorage.getItem(KEY_STORE) || "";
+  keyInput.addEventListener("change", () => {
+    sessionStorage.setItem(KEY_STORE, keyInput.value);
+    loadModel();
+  });
+
+  function headers() {
+    const key = keyInput.value.trim();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function setStatus(text, kind) {
+    status.textContent = text;
+    status.className = "status" + (kind ? " " + kind : "");
+  }
+
+  async function loadModel() {
+    try {
+      const response = await fetch("/model", { headers: headers() });
+      if (!response.ok) {
+        $("model-line").textContent = response.status === 401
+          ? "Model: enter the API key to use this server"
+          : "Model: not ready yet";
+        return;
+      }
+      const model = await response.json();
+      $("model-line").textContent =
+        `Model: ${model.model_name} ${model.model_version} · threshold ${model.serving.threshold.toFixed(3)}`;
+    } catch (error) {
+      $("model-line").textContent = "Model: server unreachable";
+    }
+  }
+
+  function row(name, value) {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    const td = document.createElement("td");
+    th.textContent = name;
+    td.textContent = value === null || value === undefined || value === "" ? "–" : String(value);
+    tr.append(th, td);
+    return tr;
+  }
+
+  function show(result) {
+    const score = result.score;
+    $("score").textContent = score.toFixed(3);
+    $("label").textContent = result.is_anomalous ? "Anomalous" : "Normal";
+    $("label").className = "label " + (result.is_anomalous ? "anomalous" : "normal");
+    $("result").dataset.label = result.is_anomalous ? "anomalous" : "normal";
+    $("threshold").textContent = result.threshold.toFixed(3);
+    $("raw-score").textContent = result.raw_score.toPrecision(4);
+    $("gauge-fill").style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
+    $("gauge-fill").className = "gauge-fill " + (result.is_anomalous ? "anomalous" : "normal");
+    $("gauge-threshold").style.left = `${Math.max(0, Math.min(1, result.threshold)) * 100}%`;
+    $("input-image").src = "data:image/png;base64," + result.preview_png_base64;
+    $("overlay-image").src = "data:image/png;base64," + result.heatmap_png_base64;
+
+    const info = result.input;
+    const table = $("input-table");
+    table.replaceChildren(
+      row("Format", info.format),
+      row("Size", `${info.columns} × ${info.rows}`),
+      row("Photometric", info.photometric_interpretation),
+      row("Bits stored", info.bits_stored),
+      row("View", info.view_position),
+      row("Modality", info.modality),
+      row("Transfer syntax", info.transfer_syntax_name || info.transfer_syntax),
+      row("Model", `${result.model.name} ${result.model.version}`),
+    );
+    const warnings = $("warnings");
+    warnings.replaceChildren(...result.warnings.map((code) => {
+      const li = document.createElement("li");
+      li.textContent = code.replaceAll("_", " ");
+      return li;
+    }));
+    const t = result.timing_ms;
+    $("timing").textContent =
+      `decode ${t.decode.toFixed(1)} ms · preprocess ${t.preprocess.toFixed(1)} ms · ` +
+      `inference ${t.inference.toFixed(1)} ms`;
+    $("result").hidden = false;
+  }
+
+  async function score(file) {
+    if (!file) return;
+    setStatus(`Scoring ${file.name}…`, "busy");
+    $("result").hidden = true;
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const response = await fetch("/score?heatmap=true&preview=true", {
+        method: "POST",
+        body: form,
+        headers: headers(),
+      });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) {
+        const error = body && body.error ? body.error : { reason: `http_${response.status}`, detail: "" };
+        setStatus(`Not scored: ${error.reason.replaceAll("_", " ")}. ${error.detail}`, "error");
+        return;
+      }
+      show(body);
+      setStatus(`Scored ${file.name}.`, "done");
+    } catch (error) {
+      setStatus(`Request failed: ${error}`, "error");
+    }
+  }
+
+  fileInput.addEventListener("change", () => score(fileInput.files[0]));
+  ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (event) => score(event.dataTransfer.files[0]));
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") fileInput.click();
+  });
+
+  loadModel();
+})();

@@ -1,0 +1,238 @@
+"""Real processes for the batch-job tests: a private redis-server, ``squid worker``, ``squid serve``.
+
+Every test run gets its own Redis instance on a free port (never the shared 127.0.0.1:6379), its own
+queue name and key prefix, and its own results folder, so parallel runs cannot collide.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 180.0
+JOB_TIMEOUT_S = 240.0  # a hang guard, not a performance assertion
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child; ``persistent`` = AOF with fsync on every write (survives SIGKILL)."""
+
+    workdir: Path
+    persistent: bool
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        args += ["--save", ""]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        log = (self.workdir / "redis.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(up, 30, "redis-server")
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+
+    def freeze(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes (the whole process group)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def job_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
+    """Settings shared by the worker, the API and in-test managers of one test."""
+    tag = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUID_") or k == "SQUID_DATA_DIR"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        {
+            "SQUID_BROKER_URL": redis_url,
+            "SQUID_QUEUE": f"test-{tag}",
+            "SQUID_KEY_PREFIX": f"test-{tag}",
+            "SQUID_RESULTS_DIR": str(tmp / "results"),
+            "SQUID_IMPORT_ROOT": str(tmp / "import"),
+            "SQUID_CHUNK_SIZE": "4",
+            "SQUID_VISIBILITY_TIMEOUT_S": "8",
+            "SQUID_TASK_TIME_LIMIT_S": "6",
+            "SQUID_LOG_LEVEL": "INFO",
+            **extra,
+        }
+    )
+    return env
+
+
+def start_worker(
+    env: dict[str, str], log_path: Path, concurrency: int = 1, pool: str = "prefork", threads: int = 1
+) -> Worker:
+    """``squid worker`` in its own process group; returns once a pool process loaded the model."""
+    port = free_port()
+    command = [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(concurrency)]
+    command += ["--pool", pool, "--metrics-port", str(port), "--threads", str(threads)]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    worker = Worker(process, log_path, port)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"squid worker exited with {process.returncode}:\n{worker.logs()[-4000:]}")
+        try:
+            return "squid_batch_worker_info{" in worker.metrics()
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, STARTUP_TIMEOUT_S, "squid worker to load its model", interval=0.3)
+    return worker
+
+
+@dataclass
+class Api:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60.0)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def start_api(env: dict[str, str], log_path: Path) -> Api:
+    """The real API: ``squid serve`` (uvicorn, ``service.app:create_app``) on a free port."""
+    port = free_port()
+    command = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = Api(f"http://127.0.0.1:{port}", process, log_path)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"squid serve exited with {process.returncode}:\n{api.logs()[-4000:]}")
+        try:
+            return httpx.get(f"{api.url}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, STARTUP_TIMEOUT_S, "squid serve", interval=0.3)
+    return api
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+        check=False,
+    )
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part)
+        found = {k: v.strip('"') for k, v in found.items()}
+        if all(found.get(k) == v for k, v in (labels or {}).items()):
+            total += float(value)
+    return total

@@ -1,0 +1,184 @@
+"""Faults in the middle of a job: a worker SIGKILLed, Redis killed and restarted (with and without
+persistence). Every test runs its own redis-server, so restarting it disturbs nobody.
+
+Jobs are submitted and followed through :class:`service.jobs.manager.JobManager`, the code behind
+the HTTP routes, from the test process. The outcome must be every file exactly once, or a clear
+failed state; never a job that silently lost rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from service.jobs.inprocess import run_inprocess
+from service.jobs.manager import JobError, JobManager, JobView
+from service.settings import Settings
+from tests.jobs.jobs_support import JOB_TIMEOUT_S, RedisServer, job_env, start_worker, wait_for
+from tests.jobs.pacs_tree import build_bulk_tree
+
+FILES = 120
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    return Settings(
+        broker_url=env["SQUID_BROKER_URL"],
+        queue=env["SQUID_QUEUE"],
+        key_prefix=env["SQUID_KEY_PREFIX"],
+        results_dir=Path(env["SQUID_RESULTS_DIR"]),
+        import_root=Path(env["SQUID_IMPORT_ROOT"]),
+        chunk_size=int(env["SQUID_CHUNK_SIZE"]),
+        visibility_timeout_s=int(env["SQUID_VISIBILITY_TIMEOUT_S"]),
+        task_time_limit_s=int(env["SQUID_TASK_TIME_LIMIT_S"]),
+    )
+
+
+def follow(manager: JobManager, job_id: str) -> JobView:
+    """The final view, riding out the seconds when Redis is down (503)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            view = manager.get(job_id)
+        except JobError as exc:
+            assert exc.status == 503, exc
+        else:
+            if view.finished:
+                return view
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not finish")
+
+
+def in_flight(manager: JobManager, job_id: str, chunks_done: int) -> bool:
+    """Some chunks finished and one is delivered but not acknowledged: the moment to strike."""
+    view = manager.get(job_id)
+    return view.chunks_done >= chunks_done and not view.finished and manager.client.hlen("unacked") >= 1
+
+
+def rows_of(manager: JobManager, job_id: str) -> list[dict[str, str]]:
+    path = manager.result_file(job_id, "instance", "csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_exactly_once(rows: list[dict[str, str]], paths: list[str]) -> None:
+    seen = [row["path"] for row in rows]
+    assert len(seen) == len(set(seen)), "a file has two rows"
+    assert sorted(seen) == sorted(paths), "a file has no row"
+    assert {row["status"] for row in rows} == {"scored"}
+
+
+@pytest.fixture(scope="module")
+def bulk_source(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("bulk") / "bulk"
+    return root, build_bulk_tree(root, shared_data, FILES)
+
+
+@pytest.fixture
+def bulk(tmp_path: Path, bulk_source: tuple[Path, list[str]]) -> tuple[Path, list[str]]:
+    """A private copy in this test's import root."""
+    source, paths = bulk_source
+    root = tmp_path / "import" / "bulk"
+    shutil.copytree(source, root)
+    return root, paths
+
+
+def test_sigkill_worker_mid_job_then_another_worker_finishes_it(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    root, paths = bulk
+    server = RedisServer(tmp_path / "redis", persistent=True).start()
+    env = job_env(tmp_path, server.url)
+    manager = JobManager(settings_for(env))
+    first = start_worker(env, tmp_path / "worker-1.log")
+    second = None
+    try:
+        job = manager.submit_path("bulk")
+
+        def frozen_mid_chunk() -> bool:
+            """Stop the worker at a moment it holds an unacknowledged chunk (else let it go on)."""
+            if not in_flight(manager, job.id, 3):
+                return False
+            first.freeze()
+            if manager.client.hlen("unacked") >= 1:
+                return True
+            first.thaw()
+            return False
+
+        wait_for(frozen_mid_chunk, JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
+        first.kill()
+        assert manager.client.hlen("unacked") >= 1, "the killed worker's chunk must still be unacknowledged"
+        assert not manager.get(job.id).finished
+        second = start_worker(env, tmp_path / "worker-2.log")
+        final = follow(manager, job.id)
+        assert final.state == "succeeded", final
+        assert final.total == final.done == final.scored == FILES
+        rows = rows_of(manager, job.id)
+        assert_exactly_once(rows, paths)
+        local = run_inprocess(root, tmp_path / "local", settings_for(env))
+        assert local.published.rows == FILES
+        reference = (tmp_path / "local" / "instances.csv").read_bytes()
+        assert manager.result_file(job.id, "instance", "csv").read_bytes() == reference
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
+        server.kill()
+
+
+def test_redis_restart_mid_job_with_persistence_loses_nothing(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    _, paths = bulk
+    server = RedisServer(tmp_path / "redis", persistent=True).start()
+    env = job_env(tmp_path, server.url)
+    manager = JobManager(settings_for(env))
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        job = manager.submit_path("bulk")
+        wait_for(lambda: in_flight(manager, job.id, 3), JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
+        server.kill()  # SIGKILL: no shutdown save; only the append-only file keeps the state
+        time.sleep(0.5)
+        server.start()
+        final = follow(manager, job.id)
+        assert final.state == "succeeded", final
+        assert final.total == final.done == FILES
+        assert_exactly_once(rows_of(manager, job.id), paths)
+    finally:
+        worker.stop()
+        server.kill()
+
+
+def test_redis_restart_without_persistence_is_a_clear_failure_and_resumable(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    _, paths = bulk
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    env = job_env(tmp_path, server.url)
+    manager = JobManager(settings_for(env))
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        job = manager.submit_path("bulk")
+        wait_for(lambda: in_flight(manager, job.id, 3), JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
+        server.kill()
+        server.start()  # empty: queue, job state and resume cache are gone
+        lost = follow(manager, job.id)
+        assert lost.state == "failed" and lost.error is not None
+        assert lost.error["reason"] == "state_lost"
+        with pytest.raises(JobError) as caught:
+            manager.result_file(job.id, "instance", "csv")
+        assert caught.value.status == 409
+
+        again = follow(manager, manager.submit_path("bulk").id)
+        assert again.state == "succeeded", again
+        assert_exactly_once(rows_of(manager, again.id), paths)
+        assert manager.get(job.id).state == "failed", "the lost job must stay failed"
+    except redis.RedisError:
+        pytest.fail("the manager must turn Redis errors into JobError(503)")
+    finally:
+        worker.stop()
+        server.kill()

@@ -1,0 +1,145 @@
+"""Helpers of the service tests: a real ``squid serve`` subprocess, metrics parsing, test images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from model.runtime import SquidRuntime
+from service.pipeline import infer, prepare
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 180.0
+API_KEY = "test-key-7f3a9c"
+THRESHOLD_OVERRIDE = 0.25
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.logs().splitlines() if line.strip()]
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return metric_value(text, name, labels)
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part)
+        found = {k: v.strip('"') for k, v in found.items()}
+        if all(found.get(k) == v for k, v in (labels or {}).items()):
+            total += float(value)
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(log_path: Path, **settings: str) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUID_") or k == "SQUID_DATA_DIR"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update({"SQUID_LOG_LEVEL": "INFO", "SQUID_INTRA_OP_THREADS": "2", **settings})
+    command = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"squid serve exited with {process.returncode}:\n{server.logs()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"squid serve not ready after {STARTUP_TIMEOUT_S} s:\n{server.logs()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+
+def local_score(runtime: SquidRuntime, data: bytes) -> float:
+    """The score the shared pipeline gives in-process (what the server must match exactly)."""
+    results, _ = infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+    return results[0].score
+
+
+# --- image helpers ---------------------------------------------------------------------------------
+
+
+def chest_like(rows: int = 320, columns: int = 288, top: int = 4095, seed: int = 0) -> NDArray[np.int64]:
+    """An asymmetric smooth pattern with texture covering 0..top (flips and inversions show)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    pattern = (
+        np.sin(x / 17.0 + seed)
+        + 0.6 * np.cos(y / 11.0)
+        + (x * y) / (rows * columns)
+        + 0.25 * rng.random((rows, columns))
+    )
+    pattern = (pattern - pattern.min()) / np.ptp(pattern)
+    return np.rint(pattern * top).astype(np.int64)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_gray(values: NDArray[np.generic], bits: int = 16) -> bytes:
+    dtype = np.uint16 if bits == 16 else np.uint8
+    return encode(Image.fromarray(np.asarray(values, dtype=dtype)))
+
+
+def decode_png_b64(text: str) -> NDArray[np.uint8]:
+    import base64
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))

@@ -1,0 +1,105 @@
+"""The web page in headless Chromium: upload an X-ray, see the score, the label and the overlay.
+
+Needs Debian's ``chromium`` and ``chromium-driver``; skipped (saying so) only when they are absent.
+Set ``SQUID_SCREENSHOT=path.png`` to keep a screenshot of the result (docs/img/web-page.png).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dicom_factory import make_dicom
+from http_support import Server, chest_like
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+LOADED = "const img = document.getElementById(arguments[0]); return img.complete && img.naturalWidth > 0;"
+TXV = "dicom/torchxrayvision/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists(),
+    reason="needs /usr/bin/chromium and chromedriver: apt-get install chromium chromium-driver",
+)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1180,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def xray(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real chest X-ray DICOM when the shared data is there, else a synthetic one."""
+    root = Path(os.environ.get("SQUID_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    real = root / TXV
+    if real.is_file():
+        return real
+    path = tmp_path_factory.mktemp("upload") / "chest.dcm"
+    path.write_bytes(make_dicom(chest_like(512, 512), bits_stored=12))
+    return path
+
+
+def test_upload_shows_score_label_and_overlay(browser, server: Server, xray: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "Model:" in d.find_element(By.ID, "model-line").text)
+    wait.until(lambda d: "loading" not in d.find_element(By.ID, "model-line").text)
+    browser.find_element(By.ID, "file").send_keys(str(xray))
+    wait.until(ec.visibility_of_element_located((By.ID, "result")))
+
+    score = float(browser.find_element(By.ID, "score").text)
+    assert 0.0 <= score <= 1.0
+    assert browser.find_element(By.ID, "label").text in {"Normal", "Anomalous"}
+    for image_id in ("overlay-image", "input-image"):
+        wait.until(lambda d, i=image_id: d.execute_script(LOADED, i))
+    overlay = browser.find_element(By.ID, "overlay-image")
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert overlay.size["width"] > 100
+    assert "dicom" in browser.find_element(By.ID, "input-table").text
+    assert "Scored" in browser.find_element(By.ID, "status").text
+
+    target = Path(os.environ.get("SQUID_SCREENSHOT") or tmp_path / "web-page.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(target))
+
+
+def test_rejections_are_shown_with_their_reason(browser, server: Server, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lateral = tmp_path / "lateral.dcm"
+    lateral.write_bytes(make_dicom(chest_like(64, 64), view_position="LL"))
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(lateral))
+    WebDriverWait(browser, 60).until(lambda d: "lateral view" in d.find_element(By.ID, "status").text)
+    assert not browser.find_element(By.ID, "result").is_displayed()

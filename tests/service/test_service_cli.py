@@ -1,0 +1,63 @@
+"""``squid serve``: refuses a missing artifact, and with several workers aggregates their metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from dicom_factory import make_dicom
+from http_support import Server, chest_like, metric_value, start_server, stop_server
+from typer.testing import CliRunner
+
+from cli.main import app
+from service.settings import get_settings
+
+
+@pytest.fixture
+def clean_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``serve`` writes its options to SQUID_* variables: restore them and the settings cache."""
+    for name in ("SQUID_MODEL_PATH", "SQUID_THRESHOLD", "SQUID_LOG_LEVEL"):
+        monkeypatch.setenv(name, "")  # records the original state, restored at teardown
+        monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_serve_refuses_a_missing_artifact(clean_settings: None, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "missing.onnx")])
+    assert result.exit_code == 2
+    assert "model artifact not found" in result.output
+
+
+def test_serve_refuses_invalid_settings(clean_settings: None) -> None:
+    result = CliRunner().invoke(app, ["serve", "--threshold", "1.5"])
+    assert result.exit_code == 2
+    assert "invalid settings" in result.output
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(
+        tmp_path_factory.mktemp("workers") / "server.log", SQUID_WORKERS="2", SQUID_INTRA_OP_THREADS="1"
+    )
+    yield running
+    stop_server(running)
+
+
+def test_two_workers_share_one_metrics_view(two_workers: Server) -> None:
+    data = make_dicom(chest_like(96, 96), bits_stored=12)
+    scores = set()
+    for _ in range(6):  # new connection each time: the kernel spreads them over the workers
+        response = httpx.post(f"{two_workers.url}/score", files={"file": ("a", data)}, timeout=60)
+        assert response.status_code == 200
+        scores.add(response.json()["score"])
+    assert len(scores) == 1
+    text = httpx.get(f"{two_workers.url}/metrics", timeout=30).text
+    assert metric_value(text, "squid_anomaly_score_count") == 6
+    assert metric_value(text, "squid_http_requests_total", {"endpoint": "/score", "status": "200"}) == 6
+    assert metric_value(text, "squid_model_ready") == 1
+    events = [str(record["event"]) for record in two_workers.log_records()]
+    assert len({e for e in events if e.startswith("Started server process")}) == 2
