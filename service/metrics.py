@@ -116,9 +116,14 @@ def set_model(metadata: ArtifactMetadata, threshold: float) -> None:
     version = metadata.model_version
     MODEL_INFO.labels(metadata.model_name, version, metadata.weights_sha256).set(1)
     MODEL_THRESHOLD.labels(version).set(threshold)
-    SCORES.labels(version)  # the model's series exist at 0 before the first score
-    ANOMALOUS.labels(version)
+    observe_model(version)
     MODEL_READY.set(1)
+
+
+def observe_model(model_version: str) -> None:
+    """Create a model's score series at 0 (workers call this; the API does it in ``set_model``)."""
+    SCORES.labels(model_version)
+    ANOMALOUS.labels(model_version)
 
 
 def observe_score(model_version: str, score: float, is_anomalous: bool) -> None:

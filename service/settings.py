@@ -12,7 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every knob of the API and the workers, with the defaults documented in the README."""
 
-    model_config = SettingsConfigDict(env_prefix="SQUID_", env_file=None, extra="ignore")
+    # Empty variables (compose's ``${VAR:-}``) mean "unset", never "" or ".".
+    model_config = SettingsConfigDict(
+        env_prefix="SQUID_", env_file=None, extra="ignore", env_ignore_empty=True
+    )
 
     model_path: Path | None = Field(None, description="ONNX artifact; default: the shipped model.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override the artifact's threshold.")

@@ -63,6 +63,8 @@ QUEUE_WAIT = Histogram(
 )
 TASK_TIME = Histogram("squid_batch_task_seconds", "Task run time.", ["task"], buckets=TASK_BUCKETS)
 JOBS_FINISHED = Counter("squid_batch_jobs_finished_total", "Jobs finished, by final state.", ["state"])
+for _state in ("succeeded", "failed"):  # exist at 0 so increase() sees the first failure
+    JOBS_FINISHED.labels(_state)
 WORKER_INFO = Gauge(
     "squid_batch_worker_info",
     "The model a worker process serves (value 1).",

@@ -23,6 +23,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from model.runtime import SquidRuntime
+from service import metrics as score_metrics
 from service.jobs import metrics
 from service.jobs.archive import ArchiveError, extract_archive, remove_tree
 from service.jobs.cache import RedisScoreCache
@@ -70,6 +71,7 @@ def runtime() -> SquidRuntime:
             )
             _runtime.warmup()
             metrics.WORKER_INFO.labels(_runtime.metadata.model_version, ",".join(_runtime.providers)).set(1)
+            score_metrics.observe_model(_runtime.metadata.model_version)
             log.info("worker process %d loaded model %s", os.getpid(), _runtime.metadata.model_version)
         return _runtime
 
@@ -337,6 +339,9 @@ def _observe(outcome: ChunkOutcome) -> None:
     if outcome.inference_batch:
         metrics.INFERENCE.observe(outcome.timing_ms["inference"] / 1e3)
         metrics.BATCH_SIZE.observe(outcome.inference_batch)
+    for row in outcome.rows:
+        if row.status == "scored" and row.score is not None:
+            score_metrics.observe_score(row.model_version, row.score, bool(row.is_anomalous))
     files = max(1, len(outcome.rows))
     for stage in STAGES:
         if outcome.timing_ms.get(stage):
