@@ -1,7 +1,7 @@
 """DigitAnatomy (thesis section 3.8, Algorithm 1): digits 1-9 in a 3x3 grid, with anatomy anomalies.
 
 A normal image puts a random MNIST sample of digit d in cell d. An abnormal image breaks the
-anatomy in at least one cell: a missing digit, a misordered digit, a flipped digit or a zero.
+anatomy cell by cell: a missing digit, a misordered digit, a flipped digit or a zero.
 The authors' test images are not public; this generator follows Algorithm 1 and is seeded.
 """
 
@@ -38,11 +38,17 @@ def _cell(digit_image: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[n
 def make_image(
     digits: dict[int, NDArray[np.uint8]], rng: np.random.Generator, anomalous: bool
 ) -> NDArray[np.float32]:
-    """One 96x96 image in [0, 1]; an anomalous one has 1-3 cells broken."""
+    """One 96x96 image in [0, 1].
+
+    As in Algorithm 1, an anomalous image draws each cell's condition uniformly from
+    {normal, missing, misorder, flip, zero}; at least one cell is broken.
+    """
     broken: dict[int, str] = {}
-    if anomalous:
-        for cell in rng.choice(9, size=int(rng.integers(1, 4)), replace=False):
-            broken[int(cell)] = str(rng.choice(ANOMALIES))
+    while anomalous and not broken:
+        for cell in range(9):
+            kind = str(rng.choice(("normal", *ANOMALIES)))
+            if kind != "normal":
+                broken[cell] = kind
     image = np.zeros((3 * CELL, 3 * CELL), np.float32)
     for cell in range(9):
         digit = cell + 1

@@ -107,3 +107,21 @@ Epoch {training.get("epoch")} of {training.get("epochs")} planned (best validati
 
 def write(artifact: Path, out: Path, extra: dict[str, Any]) -> None:
     out.write_text(render(artifact, extra))
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Render MODEL_CARD.md from an artifact's metadata.")
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--extra", type=Path, help="JSON with machine, comparison, history_summary, test_note"
+    )
+    args = parser.parse_args()
+    extra = json.loads(args.extra.read_text()) if args.extra else {}
+    write(args.artifact, args.out, extra)
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,13 @@ class TrainOptions:
     max_minutes: float | None = None
     progress: bool = True
     score_norms: tuple[str, ...] = SCORE_NORMS
+    selection_warmup: float = 0.1
+
+    def first_candidate_epoch(self) -> int:
+        """Epochs before this one are never selected: an untrained discriminator can separate the
+        validation classes by accident (on ZhangLab, epoch 1 scored well while its generator still
+        produced a featureless blur), and such a model's heatmaps mean nothing."""
+        return max(1, math.ceil(self.epochs * self.selection_warmup) + 1) if self.epochs > 1 else 1
 
 
 def last_path(out: Path) -> Path:
@@ -62,9 +69,7 @@ def last_path(out: Path) -> Path:
 class Trainer:
     """Owns the networks, optimisers and schedule of one run; ``fit`` writes checkpoints as it goes."""
 
-    def __init__(
-        self, config: SquidConfig, data: TrainData, out: Path, options: TrainOptions
-    ) -> None:
+    def __init__(self, config: SquidConfig, data: TrainData, out: Path, options: TrainOptions) -> None:
         if len(data.train) < 2:
             raise ValueError("need at least two training images")
         self.config, self.data, self.out, self.options = config, data, Path(out), options
@@ -77,12 +82,11 @@ class Trainer:
             betas=config.betas,
             weight_decay=config.weight_decay,
         )
-        self.opt_d = torch.optim.Adam(
-            self.discriminator.parameters(), lr=config.lr, betas=config.betas
-        )
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_auc = -math.inf
+        self.best_epoch = 0
         self.train_seconds = 0.0
         self.train_tensor = torch.from_numpy(np.ascontiguousarray(data.train))[:, None]
 
@@ -156,19 +160,13 @@ class Trainer:
         loss_s = F.mse_loss(fake, images)
         loss_t = F.mse_loss(out.teacher_reconstruction, images)
         loss_dist = sum(
-            (
-                F.mse_loss(s, t)
-                for s, t in zip(out.student_features, out.teacher_features, strict=True)
-            ),
+            (F.mse_loss(s, t) for s, t in zip(out.student_features, out.teacher_features, strict=True)),
             torch.zeros(()),
         )
         gen_logits = self.discriminator(fake)
         loss_gen = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
         total = (
-            c.lambda_s * loss_s
-            + c.lambda_t * loss_t
-            + c.lambda_dist * loss_dist
-            + c.lambda_gen * loss_gen
+            c.lambda_s * loss_s + c.lambda_t * loss_t + c.lambda_dist * loss_dist + c.lambda_gen * loss_gen
         )
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
@@ -187,9 +185,7 @@ class Trainer:
         """Validation AUC for each inference normalisation of D (anomalous = low logit)."""
         result = {}
         for norm in self.options.score_norms:
-            raw, _ = score_images(
-                self.generator, self.discriminator, self.data.val_images, norm=norm
-            )
+            raw, _ = score_images(self.generator, self.discriminator, self.data.val_images, norm=norm)
             result[norm] = roc_auc(self.data.val_labels, -raw)
         return result
 
@@ -197,9 +193,7 @@ class Trainer:
         """mu/sigma on the un-augmented training normals; threshold and metrics on validation."""
         train_raw, _ = score_images(self.generator, self.discriminator, self.data.train, norm=norm)
         calibration = Calibration.fit(train_raw)
-        val_raw, _ = score_images(
-            self.generator, self.discriminator, self.data.val_images, norm=norm
-        )
+        val_raw, _ = score_images(self.generator, self.discriminator, self.data.val_images, norm=norm)
         val_scores = calibration.apply(val_raw)
         threshold = choose(self.options.threshold_rule, self.data.val_labels, val_scores)
         metrics = metrics_at(self.data.val_labels, val_scores, threshold.value).to_dict()
@@ -215,7 +209,8 @@ class Trainer:
             self.epoch += 1
             record = {"epoch": self.epoch, **stats, **{f"val_auc_{k}": v for k, v in aucs.items()}}
             self.history.append(record)
-            improved = aucs[norm] > self.best_auc
+            candidate = self.epoch >= self.options.first_candidate_epoch()
+            improved = candidate and aucs[norm] > self.best_auc
             log.info("epoch %d: %s", self.epoch, record)
             if self.options.progress:
                 tqdm.write(
@@ -225,22 +220,26 @@ class Trainer:
                     + (" (best)" if improved else "")
                 )
             if improved:
-                self.best_auc = aucs[norm]
+                self.best_auc, self.best_epoch = aucs[norm], self.epoch
                 ckpt.save(self.snapshot(norm, calibrated=True), self.out)
-            ckpt.save(
-                self.snapshot(norm, calibrated=False, with_optimizers=True), last_path(self.out)
-            )
+            ckpt.save(self.snapshot(norm, calibrated=False, with_optimizers=True), last_path(self.out))
             if budget is not None and self.train_seconds >= budget:
                 log.info("time budget of %.1f min reached after epoch %d", budget / 60, self.epoch)
                 break
+        if self.best_epoch == 0:
+            # Stopped before the selection warm-up ended: the latest epoch is all there is.
+            log.warning("no epoch after the selection warm-up was reached; keeping epoch %d", self.epoch)
+            norm = max(
+                self.history[-1], key=lambda k: self.history[-1][k] if k.startswith("val_auc_") else -1
+            )
+            ckpt.save(self.snapshot(norm.removeprefix("val_auc_"), calibrated=True), self.out)
+            self.best_epoch = self.epoch
         best = ckpt.load(self.out)
         best.history = self.history
         ckpt.save(best, self.out)
         return best
 
-    def snapshot(
-        self, norm: str, calibrated: bool, with_optimizers: bool = False
-    ) -> ckpt.Checkpoint:
+    def snapshot(self, norm: str, calibrated: bool, with_optimizers: bool = False) -> ckpt.Checkpoint:
         calibration = threshold = None
         validation: dict[str, Any] = {}
         if calibrated:
@@ -279,14 +278,15 @@ class Trainer:
         if state.config != self.config.to_dict():
             raise ValueError("cannot resume: the checkpoint was trained with a different config")
         if state.optimizers is None:
-            raise ValueError(
-                "cannot resume: checkpoint has no optimiser state (use the .last file)"
-            )
+            raise ValueError("cannot resume: checkpoint has no optimiser state (use the .last file)")
         self.generator.load_state_dict(state.generator)
         self.discriminator.load_state_dict(state.discriminator)
         self.opt_g.load_state_dict(state.optimizers["g"])
         self.opt_d.load_state_dict(state.optimizers["d"])
         self.best_auc = float(state.optimizers["best_auc"])
+        best_epoch = int(state.optimizers.get("best_epoch", 0))
+        if best_epoch < self.options.first_candidate_epoch():
+            self.best_auc = -math.inf  # the saved best predates the selection warm-up
         self.epoch, self.history, self.train_seconds = (
             state.epoch,
             list(state.history),

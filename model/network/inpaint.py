@@ -61,17 +61,22 @@ class NeighbourAttention(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(
-        self, query: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor
+        self, query: torch.Tensor, memory: torch.Tensor, neighbours: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
-        """query (N, D), keys (N, 8, D), bias (N or 1, 8) additive mask, residual (N, D)."""
-        n, d = query.shape
+        """query (B, R, D) patch features; memory (B, R+1, D) augmented features plus a zero token.
+
+        Keys and values are projected once per patch and then gathered into each patch's 8-neighbour
+        window (``neighbours``: (R, 8) indices into memory, ``bias``: (R, 8) additive mask), which is
+        eight times cheaper than projecting every window separately.
+        """
+        b, r, d = query.shape
         h, hd = self.heads, d // self.heads
-        q = self.q(query).reshape(n, h, 1, hd)
-        k = self.k(keys).reshape(n, -1, h, hd).transpose(1, 2)
-        v = self.v(keys).reshape(n, -1, h, hd).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(hd) + bias[:, None, None, :]
-        attended = (torch.softmax(scores, dim=-1) @ v).reshape(n, d)
-        x = F.relu(self.norm1(self.proj(attended)) + residual)
+        q = self.q(query).reshape(b, r, h, 1, hd)
+        k = self.k(memory)[:, neighbours].reshape(b, r, 8, h, hd).transpose(2, 3)
+        v = self.v(memory)[:, neighbours].reshape(b, r, 8, h, hd).transpose(2, 3)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd) + bias[None, :, None, None, :]
+        attended = (torch.softmax(scores, dim=-1) @ v).reshape(b, r, d)
+        x = F.relu(self.norm1(self.proj(attended)) + memory[:, :r])
         return F.relu(self.norm2(self.mlp(x)) + x)
 
 
@@ -129,11 +134,7 @@ class InpaintingBlock(nn.Module):
             self.pending = tokens.detach()
         augmented = self.queue.read(tokens)
         padded = torch.cat([augmented, torch.zeros_like(augmented[:, :1])], dim=1)
-        keys = padded[:, self.neighbours]
-        bias = self.attention_bias.repeat(b, 1)
-        out = self.attention(
-            tokens.reshape(n, -1), keys.reshape(n, 8, -1), bias, augmented.reshape(n, -1)
-        )
+        out = self.attention(tokens, padded, self.neighbours, self.attention_bias)
         out = out.reshape(n, self.bottleneck, self.size, self.size)
         if self.position.shape[1]:
             codes = self.position.repeat(b, 1)[:, :, None, None].expand(

@@ -112,6 +112,18 @@ def test_resume_continues_to_the_same_weights(tmp_path):
         assert torch.equal(final.generator[key], reference.generator[key]), key
 
 
+def test_selection_keeps_the_best_epoch_after_the_warm_up(tmp_path):
+    trainer = Trainer(tiny_config(), tiny_data(), tmp_path / "w.ckpt", TrainOptions(epochs=4, progress=False))
+    assert trainer.options.first_candidate_epoch() == 2
+    best = trainer.fit()
+    candidates = trainer.history[1:]
+    top = max(max(h["val_auc_instance"], h["val_auc_eval"]) for h in candidates)
+    chosen = trainer.history[best.epoch - 1]
+    assert best.epoch >= 2
+    assert max(chosen["val_auc_instance"], chosen["val_auc_eval"]) == pytest.approx(top)
+    assert best.score_norm == max(("instance", "eval"), key=lambda k: chosen[f"val_auc_{k}"])
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     run(tmp_path, "m", 1)
     other = Trainer(
