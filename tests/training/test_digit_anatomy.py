@@ -17,7 +17,7 @@ from model.config import preset  # noqa: E402
 from training import digit_anatomy  # noqa: E402
 from training.metrics import roc_auc  # noqa: E402
 from training.scoring import score_images  # noqa: E402
-from training.trainer import Trainer, TrainData, TrainOptions  # noqa: E402
+from training.trainer import TrainData, Trainer, TrainOptions  # noqa: E402
 
 DIGIT_AUC_SEEN = 0.832
 AUC_FLOOR = 0.65
