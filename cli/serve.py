@@ -34,7 +34,8 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from model.runtime import default_artifact_path
+    from model.artifact import ArtifactError
+    from model.artifact_source import resolve_artifact
     from service.logs import logging_config
     from service.settings import get_settings
 
@@ -49,7 +50,11 @@ def serve(
     except ValidationError as exc:
         typer.secho(f"error: invalid settings: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from exc
-    artifact = settings.model_path or default_artifact_path()
+    try:
+        artifact = resolve_artifact(settings.model_path)  # a URL is downloaded once, here
+    except ArtifactError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
     if not Path(artifact).is_file():
         typer.secho(f"error: model artifact not found: {artifact}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,19 +11,13 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
+from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
-DEFAULT_ARTIFACT = ARTIFACTS_DIR / "squid-default.onnx"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def default_artifact_path() -> Path:
-    """The shipped model, unless ``SQUID_MODEL_PATH`` names another."""
-    return Path(os.environ.get("SQUID_MODEL_PATH") or DEFAULT_ARTIFACT)
 
 
 def choose_providers(requested: list[str] | None = None) -> list[str]:
@@ -60,7 +53,7 @@ class SquidRuntime:
         intra_op_threads: int | None = None,
         threshold: float | None = None,
     ) -> None:
-        self.path = Path(path) if path else default_artifact_path()
+        self.path = resolve_artifact(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model artifact not found: {self.path}")
         options = ort.SessionOptions()

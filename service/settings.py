@@ -17,7 +17,7 @@ class Settings(BaseSettings):
         env_prefix="SQUID_", env_file=None, extra="ignore", env_ignore_empty=True
     )
 
-    model_path: Path | None = Field(None, description="ONNX artifact; default: the shipped model.")
+    model_path: str | None = Field(None, description="Artifact path or http(s) URL; default: shipped model.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override the artifact's threshold.")
     providers: list[str] | None = Field(
         None, description="onnxruntime providers; default: CUDA if present, CPU."
