@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ from typing import Any
 import httpx
 import redis
 
+from tests.net_support import free_port, metric_value  # noqa: F401  (re-exported for the tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180.0
 JOB_TIMEOUT_S = 240.0  # a hang guard, not a performance assertion
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -219,20 +214,3 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         timeout=JOB_TIMEOUT_S,
         check=False,
     )
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        sample, _, label_text = head.partition("{")
-        if sample != name:
-            continue
-        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part)
-        found = {k: v.strip('"') for k, v in found.items()}
-        if all(found.get(k) == v for k, v in (labels or {}).items()):
-            total += float(value)
-    return total

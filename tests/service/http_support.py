@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from PIL import Image
 
 from model.runtime import SquidRuntime
 from service.pipeline import infer, prepare
+from tests.net_support import free_port, metric_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180.0
@@ -49,28 +49,6 @@ class Server:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
         return metric_value(text, name, labels)
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        sample, _, label_text = head.partition("{")
-        if sample != name:
-            continue
-        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part)
-        found = {k: v.strip('"') for k, v in found.items()}
-        if all(found.get(k) == v for k, v in (labels or {}).items()):
-            total += float(value)
-    return total
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(log_path: Path, **settings: str) -> Server:
