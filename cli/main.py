@@ -26,6 +26,14 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _require_training() -> None:
+    """Training commands need torch; a serving-only install says so instead of a traceback."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise _fail("this command needs the training extra: pip install -e '.[train]'") from exc
+
+
 @app.command()
 def train(
     data: Annotated[
@@ -47,6 +55,7 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
 ) -> None:
     """Train SQUID on normal images, select the best epoch on validation, calibrate and threshold."""
+    _require_training()
     import torch
 
     from model.config import preset as get_preset
@@ -98,6 +107,7 @@ def evaluate(
     ] = "all",
 ) -> None:
     """Write metrics.json, ROC/PR curves, score histograms and a reconstruction grid."""
+    _require_training()
     from training.pipeline import evaluate as run_evaluation
 
     try:
@@ -121,6 +131,7 @@ def export_command(
     version: Annotated[str | None, typer.Option(help="Model version to record (default: derived).")] = None,
 ) -> None:
     """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file."""
+    _require_training()
     from training import checkpoint as ckpt
     from training.export import ExportError, describe, export
     from training.pipeline import parity_images
@@ -165,6 +176,7 @@ def baseline(
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
 ) -> None:
     """Train the plain auto-encoder baseline on the same split and report its validation AUC."""
+    _require_training()
     import dataclasses
 
     import torch
