@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from model.imaging import ImageRejected
+from model.imaging import ImageInfo, ImageRejected
 from service import metrics
 from service.batching import BatcherClosedError
 from service.deps import StateDep
@@ -30,23 +30,6 @@ class ModelRef(BaseModel):
     sha256: str
 
 
-class InputInfo(BaseModel):
-    format: str = Field(description="dicom, png or jpeg (detected from the content)")
-    rows: int
-    columns: int
-    photometric_interpretation: str | None = None
-    bits_stored: int | None = None
-    view_position: str | None = None
-    transfer_syntax: str | None = None
-    transfer_syntax_name: str | None = None
-    modality: str | None = None
-    body_part: str | None = None
-    study_instance_uid: str | None = None
-    series_instance_uid: str | None = None
-    sop_instance_uid: str | None = None
-    sop_class_uid: str | None = None
-
-
 class Timing(BaseModel):
     decode: float
     preprocess: float
@@ -60,7 +43,7 @@ class ScoreResponse(BaseModel):
     threshold: float
     raw_score: float
     model: ModelRef
-    input: InputInfo
+    input: ImageInfo
     warnings: list[str]
     timing_ms: Timing
     heatmap_png_base64: str | None = Field(None, description="with ?heatmap=true: overlay PNG")
