@@ -32,13 +32,8 @@ from model.imaging import DecodedImage, ImageInfo, ImageRejected, read_image, re
 from model.imaging.detect import detect_format, looks_like_bare_dicom
 from model.imaging.errors import STATUS, Reason
 from model.imaging.privacy import REDACTED, Scrubber
+from tests.shared_files import FO_CHEST, HIGHDICOM, JPLY_FIXED, TXV, TXV_MONO1, WG04_CODECS
 
-TXV = "torchxrayvision/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-TXV_MONO1 = "torchxrayvision/Fake_MONOHR1.dcm"
-FO_CHEST = "fo-dicom/CR-MONO1-10-chest.dcm"
-HIGHDICOM = "highdicom/dx_image.dcm"
-JPLY_FIXED = "pylibjpeg-data/RG2_JPLY_fixed.dcm"
-WG04_CODECS = ("REF", "RLE", "JPLL", "JLSL", "JLSN", "J2KR", "J2KI", "JPLY")
 WG04_FILE = {"REF": "UNC"}
 LOSSLESS = ("RLE", "JPLL", "JLSL", "J2KR")
 LOSSY = ("JLSN", "J2KI")
