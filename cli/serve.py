@@ -37,6 +37,7 @@ def serve(
     from model.artifact import ArtifactError
     from model.artifact_source import resolve_artifact
     from service.logs import logging_config
+    from service.readiness import READY_DIR_ENV
     from service.settings import get_settings
 
     # CLI options become SQUID_* variables so every worker process builds the same Settings.
@@ -59,10 +60,14 @@ def serve(
         typer.secho(f"error: model artifact not found: {artifact}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
     processes = workers or settings.workers
-    metrics_dir = None
-    if processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="squid-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["SQUID_WORKERS"] = str(processes)  # /readyz waits for this many warm processes
+    scratch: list[str] = []
+    if processes > 1:
+        scratch.append(tempfile.mkdtemp(prefix="squid-ready-"))
+        os.environ[READY_DIR_ENV] = scratch[-1]
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            scratch.append(tempfile.mkdtemp(prefix="squid-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch[-1]
     try:
         uvicorn.run(
             "service.app:create_app",
@@ -76,5 +81,5 @@ def serve(
             server_header=False,
         )
     finally:
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)

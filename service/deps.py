@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.concurrency import run_in_threadpool
 
 from model.runtime import SquidRuntime
-from service import metrics
+from service import metrics, readiness
 from service.batching import MicroBatcher
 from service.errors import NOT_READY, UNAUTHORIZED, ApiError
 from service.pipeline import Prepared, prepare
@@ -63,6 +63,7 @@ class AppState:
             return
         metrics.set_model(runtime.metadata, runtime.threshold)
         self.ready = True
+        readiness.mark_ready()
         log.info(
             "model ready",
             extra={
@@ -77,6 +78,7 @@ class AppState:
 
     async def close(self) -> None:
         self.ready = False
+        readiness.mark_not_ready()
         metrics.MODEL_READY.set(0)
         if self.batcher is not None:
             await self.batcher.stop()

@@ -29,8 +29,7 @@ DECLARED_FORMAT = {
     "image/pjpeg": "jpeg",
 }
 _HOW = (
-    "send the image as multipart field 'file' or as the raw body "
-    "(application/dicom, image/png, image/jpeg)"
+    "send the image as multipart field 'file' or as the raw body (application/dicom, image/png, image/jpeg)"
 )
 
 

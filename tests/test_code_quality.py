@@ -19,6 +19,11 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_ruff_format_is_applied():
+    result = run("ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_is_clean():
     result = run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr

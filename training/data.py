@@ -78,9 +78,7 @@ def _hold_out(records: list[ImageRecord], target: int, rng: random.Random) -> se
     return chosen
 
 
-def split_records(
-    records: Sequence[ImageRecord], val_normal: int, val_anomalous: int, seed: int
-) -> Split:
+def split_records(records: Sequence[ImageRecord], val_normal: int, val_anomalous: int, seed: int) -> Split:
     """Hold out a validation split by patient (the paper used 100 + 100 images).
 
     Images of one patient never straddle training and validation, so validation AUC is not inflated

@@ -104,15 +104,11 @@ def evaluation_set(
         digits = digit_anatomy.load_mnist(root)
         _, eval_pool = digit_anatomy.split_pools(digits, 0.8)
         seed = spec.seed + 1 if split == "validation" else spec.seed + 1000
-        images, labels = digit_anatomy.make_set(
-            eval_pool, spec.val_normal, spec.val_anomalous, seed
-        )
+        images, labels = digit_anatomy.make_set(eval_pool, spec.val_normal, spec.val_anomalous, seed)
         return _resize(images, size), labels
     records = folders.scan_folder(root)
     if split == "validation":
-        records = folders.split_records(
-            records, spec.val_normal, spec.val_anomalous, spec.seed
-        ).validation
+        records = folders.split_records(records, spec.val_normal, spec.val_anomalous, spec.seed).validation
     elif split != "all":
         raise ValueError("split must be 'all' or 'validation'")
     return folders.load_images(records, size, progress, "loading"), folders.labels_of(records)
@@ -123,9 +119,7 @@ def evaluate(
 ) -> dict[str, Any]:
     checkpoint = ckpt.load(checkpoint_path)
     if checkpoint.threshold is None:
-        raise ValueError(
-            f"{checkpoint_path} has no threshold: evaluate the best checkpoint, not .last"
-        )
+        raise ValueError(f"{checkpoint_path} has no threshold: evaluate the best checkpoint, not .last")
     generator, discriminator = checkpoint.build()
     images, labels = evaluation_set(checkpoint, data_root, split, progress)
     with torch.inference_mode():
@@ -140,9 +134,7 @@ def evaluate(
         "threshold_rule": checkpoint.threshold["rule"],
         "preset": checkpoint.config["name"],
     }
-    return write_report(
-        out_dir, labels, scores, float(checkpoint.threshold["value"]), images, recon, context
-    )
+    return write_report(out_dir, labels, scores, float(checkpoint.threshold["value"]), images, recon, context)
 
 
 def parity_images(checkpoint: ckpt.Checkpoint, data_root: Path | None, count: int) -> NDArray[np.float32]:

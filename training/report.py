@@ -61,9 +61,7 @@ def _pr(path: Path, labels: NDArray[np.int64], scores: NDArray[np.float64]) -> N
     plt.close(fig)
 
 
-def _histogram(
-    path: Path, labels: NDArray[np.int64], scores: NDArray[np.float64], threshold: float
-) -> None:
+def _histogram(path: Path, labels: NDArray[np.int64], scores: NDArray[np.float64], threshold: float) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = [i / 40 for i in range(41)]
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal")
@@ -94,9 +92,7 @@ def _grid(
         for row, picture in enumerate(rows):
             axes[row, col].imshow(picture, cmap="gray" if row < 2 else "magma", vmin=0, vmax=1)
             axes[row, col].axis("off")
-        axes[0, col].set_title(
-            f"{'anomalous' if labels[i] else 'normal'}\n{scores[i]:.2f}", fontsize=8
-        )
+        axes[0, col].set_title(f"{'anomalous' if labels[i] else 'normal'}\n{scores[i]:.2f}", fontsize=8)
     for row, name in enumerate(("input", "reconstruction", "|difference|")):
         axes[row, 0].text(
             -0.1, 0.5, name, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8

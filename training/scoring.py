@@ -32,9 +32,7 @@ def score_images(
     scores, recons = [], []
     try:
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))[
-                :, None
-            ]
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))[:, None]
             recon = generator.reconstruct(batch)
             scores.append(discriminator(recon).double().numpy())
             recons.append(recon[:, 0].numpy())

@@ -30,9 +30,7 @@ def f1_optimal(labels: ArrayLike, scores: ArrayLike) -> Threshold:
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if y.min() == y.max():
         raise ValueError("f1_optimal needs both normal and anomalous validation images")
-    best = max(
-        (metrics_at(y, s, float(t)) for t in np.unique(s)), key=lambda m: (m.f1, m.threshold)
-    )
+    best = max((metrics_at(y, s, float(t)) for t in np.unique(s)), key=lambda m: (m.f1, m.threshold))
     return Threshold(best.threshold, "f1_optimal", {"validation_f1": best.f1, "n": len(y)})
 
 

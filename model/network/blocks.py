@@ -12,9 +12,7 @@ def conv_stage(in_ch: int, out_ch: int, convs: int, stride: int) -> nn.Sequentia
     layers: list[nn.Module] = []
     for i in range(convs):
         layers += [
-            nn.Conv2d(
-                in_ch if i == 0 else out_ch, out_ch, 3, stride if i == 0 else 1, 1, bias=False
-            ),
+            nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, stride if i == 0 else 1, 1, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
         ]

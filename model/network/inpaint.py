@@ -55,9 +55,7 @@ class NeighbourAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm1 = nn.LayerNorm(dim)
         hidden = max(1, int(dim * mlp_ratio))
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(
@@ -114,9 +112,7 @@ class InpaintingBlock(nn.Module):
         bias = torch.where(valid, 0.0, _MASKED)
         self.register_buffer("attention_bias", bias, persistent=False)
         bits = max(1, math.ceil(math.log2(regions))) if position_code and regions > 1 else 0
-        codes = torch.tensor(
-            [[(r >> b) & 1 for b in reversed(range(bits))] for r in range(regions)]
-        )
+        codes = torch.tensor([[(r >> b) & 1 for b in reversed(range(bits))] for r in range(regions)])
         self.register_buffer("position", codes.float(), persistent=False)
         self.expand = nn.Sequential(
             nn.Conv2d(bottleneck + bits, channels, 1), nn.BatchNorm2d(channels), nn.ReLU()
@@ -137,15 +133,11 @@ class InpaintingBlock(nn.Module):
         out = self.attention(tokens, padded, self.neighbours, self.attention_bias)
         out = out.reshape(n, self.bottleneck, self.size, self.size)
         if self.position.shape[1]:
-            codes = self.position.repeat(b, 1)[:, :, None, None].expand(
-                -1, -1, self.size, self.size
-            )
+            codes = self.position.repeat(b, 1)[:, :, None, None].expand(-1, -1, self.size, self.size)
             out = torch.cat([out, codes], dim=1)
         inpainted = self.expand(out)
         if self.training and self.rho < 1.0:
-            keep = torch.bernoulli(
-                torch.full((n, 1, self.size, self.size), self.rho, device=features.device)
-            )
+            keep = torch.bernoulli(torch.full((n, 1, self.size, self.size), self.rho, device=features.device))
             return keep * inpainted + (1 - keep) * features
         return inpainted
 

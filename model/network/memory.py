@@ -62,9 +62,7 @@ class MemoryMatrix(nn.Module):
     passes through (the masked shortcut); at inference the output is the memory output only.
     """
 
-    def __init__(
-        self, channels: int, size: int, slots: int, windows: int, top_k: int, rho: float
-    ) -> None:
+    def __init__(self, channels: int, size: int, slots: int, windows: int, top_k: int, rho: float) -> None:
         super().__init__()
         if size % windows:
             raise ValueError(f"feature size {size} not divisible into {windows} windows")
@@ -72,9 +70,7 @@ class MemoryMatrix(nn.Module):
         self.top_k, self.rho = top_k, rho
         dim = channels * self.window**2
         bound = 1.0 / math.sqrt(dim)
-        self.slots = nn.Parameter(
-            torch.empty(windows * windows, slots, dim).uniform_(-bound, bound)
-        )
+        self.slots = nn.Parameter(torch.empty(windows * windows, slots, dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -176,9 +176,7 @@ def test_scores_do_not_depend_on_the_rest_of_the_batch(norm):
     images = torch.rand(6, 1, 64, 64)
     with torch.no_grad():
         together = discriminator(generator.reconstruct(images))
-        alone = torch.cat(
-            [discriminator(generator.reconstruct(images[i : i + 1])) for i in range(6)]
-        )
+        alone = torch.cat([discriminator(generator.reconstruct(images[i : i + 1])) for i in range(6)])
         shuffled = discriminator(generator.reconstruct(images.flip(0))).flip(0)
     assert torch.allclose(together, alone, atol=1e-5)
     assert torch.allclose(together, shuffled, atol=1e-5)

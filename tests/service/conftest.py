@@ -45,5 +45,3 @@ def client(server: Server) -> Iterator[httpx.Client]:
 def local_runtime() -> SquidRuntime:
     """The same artifact opened in the test process, for in-process reference scores."""
     return SquidRuntime(intra_op_threads=1)
-
-

@@ -22,9 +22,20 @@ from model.runtime import SquidRuntime
 
 SCORE_KEYS = {"score", "is_anomalous", "threshold", "raw_score", "model", "input", "warnings", "timing_ms"}
 INPUT_KEYS = {
-    "format", "rows", "columns", "photometric_interpretation", "bits_stored", "view_position",
-    "transfer_syntax", "transfer_syntax_name", "modality", "body_part", "study_instance_uid",
-    "series_instance_uid", "sop_instance_uid", "sop_class_uid",
+    "format",
+    "rows",
+    "columns",
+    "photometric_interpretation",
+    "bits_stored",
+    "view_position",
+    "transfer_syntax",
+    "transfer_syntax_name",
+    "modality",
+    "body_part",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
 }
 
 
@@ -141,16 +152,25 @@ def test_heatmap_and_preview_are_pngs_of_the_input_geometry(client: httpx.Client
 @pytest.mark.parametrize(
     ("kwargs", "status", "reason"),
     [
-        ({"content": b"hello, not an image", "headers": {"Content-Type": "application/octet-stream"}}, 415,
-         "unsupported_format"),
+        (
+            {"content": b"hello, not an image", "headers": {"Content-Type": "application/octet-stream"}},
+            415,
+            "unsupported_format",
+        ),
         ({"files": {"file": ("x.png", b"GIF89a" + bytes(64))}}, 415, "unsupported_format"),
         ({"content": b"{}", "headers": {"Content-Type": "application/json"}}, 415, "unsupported_format"),
         ({"data": {"other": "field"}, "files": {"image": ("x.dcm", b"123")}}, 422, "missing_file"),
         ({"content": b""}, 422, "missing_file"),
-        ({"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}}, 400,
-         "malformed_request"),
-        ({"content": b"\x89PNG\r\n\x1a\n" + bytes(40), "headers": {"Content-Type": "image/png"}}, 422,
-         "undecodable"),
+        (
+            {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}},
+            400,
+            "malformed_request",
+        ),
+        (
+            {"content": b"\x89PNG\r\n\x1a\n" + bytes(40), "headers": {"Content-Type": "image/png"}},
+            422,
+            "undecodable",
+        ),
     ],
 )
 def test_request_errors_have_a_reason_and_status(

@@ -1,7 +1,9 @@
-"""``squid serve``: refuses a missing artifact, and with several workers aggregates their metrics."""
+"""``squid serve``: refuses a missing artifact; several workers are ready together and share metrics."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from http_support import Server, chest_like, metric_value, start_server, stop_se
 from typer.testing import CliRunner
 
 from cli.main import app
+from service import readiness
 from service.settings import get_settings
 
 
@@ -38,6 +41,20 @@ def test_serve_refuses_invalid_settings(clean_settings: None) -> None:
     assert "invalid settings" in result.output
 
 
+def test_readiness_counts_the_markers_of_live_processes_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(readiness.READY_DIR_ENV, str(tmp_path / "ready"))
+    assert readiness.ready_processes() == 0
+    readiness.mark_ready()
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    (tmp_path / "ready" / f"ready-{int(exited.stdout)}").touch()  # a worker that died while ready
+    (tmp_path / "ready" / "ready-garbage").touch()
+    assert readiness.ready_processes() == 1
+    readiness.mark_not_ready()
+    assert readiness.ready_processes() == 0
+
+
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(
@@ -48,6 +65,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_two_workers_share_one_metrics_view(two_workers: Server) -> None:
+    """Ready means every process is warm: no request right after /readyz meets a loading worker."""
     data = make_dicom(chest_like(96, 96), bits_stored=12)
     scores = set()
     for _ in range(6):  # new connection each time: the kernel spreads them over the workers

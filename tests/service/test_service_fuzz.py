@@ -78,7 +78,7 @@ def multipart(draw: st.DrawFn) -> tuple[bytes, str]:
     declared = draw(st.sampled_from([boundary, boundary + "x", ""]))
     parts = []
     for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(["file", "image", "", "file\"; filename=\"x", "FILE"]))
+        name = draw(st.sampled_from(["file", "image", "", 'file"; filename="x', "FILE"]))
         disposition = draw(
             st.sampled_from(
                 [
