@@ -177,7 +177,7 @@ def main() -> None:
             "python": platform.python_version(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "note": "shared machine: other jobs ran concurrently; compare runs within this file only",
+            "note": "2 shared cores: compare runs within this file only",
         },
         "model": SquidRuntime().metadata.model_version,
         "results": results,

@@ -123,12 +123,15 @@ def main() -> None:
     args = parser.parse_args()
 
     files = load_files(args.files)
+    load_before = os.getloadavg()
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_before": [round(x, 2) for x in load_before],
         },
+        "model": SquidRuntime().metadata.model_version,
         "files": len(files),
         "rounds": args.rounds,
         "intra_op_threads": args.threads,
@@ -152,6 +155,7 @@ def main() -> None:
     results["overhead_p50"] = round(results["http_c1"]["p50_ms"] / base["p50_ms"], 2)
     gain = results["http_c16"]["throughput_per_s"] / base["throughput_per_s"]
     results["throughput_gain_c16"] = round(gain, 2)
+    results["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
