@@ -14,15 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import service.api.jobs
 from model.runtime import SquidRuntime
 from service import metrics
-from service.api import health, model_info, page, score
-from service.api.page import STATIC_DIR
+from service.api import docs, health, model_info, page, score
 from service.deps import AppState, require_api_key
 from service.errors import INTERNAL_ERROR, error_response, install_error_handlers
 from service.logs import capture_warnings, request_id_var, sanitise_request_id
@@ -59,6 +57,9 @@ def create_app(settings: Settings | None = None, runtime: SquidRuntime | None = 
             "Research use only: not a medical device."
         ),
         lifespan=lifespan,
+        openapi_url=None,  # served by service.api.docs, behind the API key
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.squid = state
     install_error_handlers(app)
@@ -67,8 +68,8 @@ def create_app(settings: Settings | None = None, runtime: SquidRuntime | None = 
     app.include_router(score.router, dependencies=protected)
     app.include_router(model_info.router, dependencies=protected)
     app.include_router(service.api.jobs.router, dependencies=protected)
-    app.include_router(page.router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(page.router, dependencies=protected)
+    app.include_router(docs.router, dependencies=protected)
     app.add_middleware(RequestMiddleware)
     return app
 

@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import (
+    APIKeyHeader,
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 from starlette.concurrency import run_in_threadpool
 
 from model.runtime import SquidRuntime
@@ -123,22 +129,52 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="The SQUID_API_KEY value as a bearer token.")
 
 
+class _LenientBasic(HTTPBasic):
+    """HTTP Basic that yields ``None`` for a malformed header instead of failing the request.
+
+    FastAPI's scheme answers 401 for a broken Basic header even with ``auto_error=False``, which
+    would refuse requests to a server that has no API key configured at all.
+    """
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        try:
+            return await super().__call__(request)
+        except HTTPException:
+            return None
+
+
+_basic = _LenientBasic(
+    auto_error=False, realm="squid", description="Any user name, the SQUID_API_KEY value as the password."
+)
+
+
 def require_api_key(
     state: StateDep,
     api_key: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    basic: Annotated[HTTPBasicCredentials | None, Security(_basic)],
 ) -> None:
-    """When ``SQUID_API_KEY`` is set, require it as ``X-API-Key`` or ``Authorization: Bearer``."""
+    """When ``SQUID_API_KEY`` is set, require it: ``X-API-Key``, ``Authorization: Bearer`` or Basic.
+
+    Basic (any user name, the key as password) is what lets a browser open the web page and the API
+    docs of a protected server: it asks once and then sends the credentials with every same-origin
+    request the page makes, so the page needs no key handling of its own.
+    """
     expected = state.settings.api_key
     if not expected:
         return
-    offered = api_key if api_key is not None else (bearer.credentials if bearer is not None else None)
+    if api_key is not None:
+        offered: str | None = api_key
+    elif bearer is not None:
+        offered = bearer.credentials
+    else:
+        offered = basic.password if basic is not None else None
     if offered is None or not hmac.compare_digest(_bytes(offered), _bytes(expected)):
         raise ApiError(
             401,
             UNAUTHORIZED,
-            "a valid API key is required (header X-API-Key or Authorization: Bearer)",
-            {"WWW-Authenticate": 'Bearer realm="squid"'},
+            "a valid API key is required (header X-API-Key, Authorization: Bearer, or Basic password)",
+            {"WWW-Authenticate": 'Basic realm="squid", charset="UTF-8"'},
         )
 
 

@@ -23,7 +23,10 @@ class Settings(BaseSettings):
         None, description="onnxruntime providers; default: CUDA if present, CPU."
     )
     intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime threads per session.")
-    api_key: str | None = Field(None, description="When set, required as X-API-Key except on health/metrics.")
+    api_key: str | None = Field(
+        None,
+        description="When set, required (X-API-Key, Bearer or Basic password) except on probes and metrics.",
+    )
     max_upload_mb: float = Field(64.0, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(100_000_000, gt=0, description="Largest accepted decoded image (pixels).")
     host: str = "127.0.0.1"

@@ -4,20 +4,11 @@
   const $ = (id) => document.getElementById(id);
   const drop = $("drop");
   const fileInput = $("file");
-  const keyInput = $("api-key");
   const status = $("status");
-  const KEY_STORE = "squid-api-key";
-
-  keyInput.value = sessionStorage.getItem(KEY_STORE) || "";
-  keyInput.addEventListener("change", () => {
-    sessionStorage.setItem(KEY_STORE, keyInput.value);
-    loadModel();
-  });
-
-  function headers() {
-    const key = keyInput.value.trim();
-    return key ? { "X-API-Key": key } : {};
-  }
+  // A server with an API key protects this page with HTTP Basic: the browser asked for the key when
+  // the page loaded and sends it with these same-origin requests, so no key handling is needed here.
+  // URLs are built on the origin: fetch() refuses URLs that inherit user:password@ from the address bar.
+  const api = (path) => new URL(path, window.location.origin);
 
   function setStatus(text, kind) {
     status.textContent = text;
@@ -26,10 +17,10 @@
 
   async function loadModel() {
     try {
-      const response = await fetch("/model", { headers: headers() });
+      const response = await fetch(api("/model"));
       if (!response.ok) {
         $("model-line").textContent = response.status === 401
-          ? "Model: enter the API key to use this server"
+          ? "Model: this server needs its API key (reload the page to sign in)"
           : "Model: not ready yet";
         return;
       }
@@ -97,10 +88,9 @@
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const response = await fetch("/score?heatmap=true&preview=true", {
+      const response = await fetch(api("/score?heatmap=true&preview=true"), {
         method: "POST",
         body: form,
-        headers: headers(),
       });
       const body = await response.json().catch(() => null);
       if (!response.ok) {

@@ -280,21 +280,39 @@ def _read_reply(sock: socket.socket) -> bytes:
     return data
 
 
-def test_api_key_is_required_except_on_probes_metrics_and_page(secured_server: Server) -> None:
+def test_api_key_is_required_everywhere_but_probes_and_metrics(secured_server: Server) -> None:
     data = make_dicom(chest_like(64, 64), bits_stored=12)
+    protected = ("/", "/static/app.js", "/docs", "/openapi.json", "/model", "/jobs/0123456789abcdef")
     with secured_server.client() as http:
-        for path in ("/healthz", "/readyz", "/metrics", "/", "/static/app.js"):
+        for path in ("/healthz", "/readyz", "/metrics"):
             assert http.get(path).status_code == 200, path
-        for response in (http.get("/model"), http.post("/score", files={"file": ("a", data)})):
-            assert response.status_code == 401
+        refused = [http.get(path) for path in protected] + [http.post("/score", files={"file": ("a", data)})]
+        for response in refused:
+            assert response.status_code == 401, response.request.url
             assert error_of(response)["reason"] == "unauthorized"
-        wrong = http.post("/score", files={"file": ("a", data)}, headers={"X-API-Key": "nope"})
-        assert wrong.status_code == 401
-        by_header = http.post("/score", files={"file": ("a", data)}, headers={"X-API-Key": API_KEY})
-        bearer = {"Authorization": f"Bearer {API_KEY}"}
-        by_bearer = http.post("/score", files={"file": ("a", data)}, headers=bearer)
-        assert by_header.status_code == by_bearer.status_code == 200
-        assert http.get("/model", headers={"X-API-Key": API_KEY}).status_code == 200
+            assert response.headers["WWW-Authenticate"].startswith("Basic ")  # browsers ask for it
+        wrong = {"X-API-Key": "nope"}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic !!"}
+        for headers in wrong:
+            assert http.post("/score", files={"file": ("a", data)}, headers=headers).status_code == 401
+        bad_password = http.post("/score", files={"file": ("a", data)}, auth=("squid", "nope"))
+        assert bad_password.status_code == 401
+        accepted = (
+            {"headers": {"X-API-Key": API_KEY}},
+            {"headers": {"Authorization": f"Bearer {API_KEY}"}},
+            {"auth": ("any-user", API_KEY)},
+        )
+        for credentials in accepted:
+            assert http.post("/score", files={"file": ("a", data)}, **credentials).status_code == 200
+        for path in protected[:-1]:
+            assert http.get(path, auth=("any-user", API_KEY)).status_code == 200, path
+        assert http.get("/static/nothing.js", auth=("any-user", API_KEY)).status_code == 404
+
+
+def test_malformed_credentials_do_not_matter_without_a_key(client: httpx.Client) -> None:
+    data = make_dicom(chest_like(64, 64), bits_stored=12)
+    for value in ("Basic !!", "Basic", "Bearer", "Negotiate abc"):
+        response = client.post("/score", files={"file": ("a", data)}, headers={"Authorization": value})
+        assert response.status_code == 200, value
 
 
 def test_threshold_override_from_settings(secured_server: Server) -> None:

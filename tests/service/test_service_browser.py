@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from dicom_factory import make_dicom
-from http_support import Server, chest_like
+from http_support import API_KEY, Server, chest_like
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -103,3 +103,19 @@ def test_rejections_are_shown_with_their_reason(browser, server: Server, tmp_pat
     browser.find_element(By.ID, "file").send_keys(str(lateral))
     WebDriverWait(browser, 60).until(lambda d: "lateral view" in d.find_element(By.ID, "status").text)
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_a_protected_server_takes_the_key_as_basic_credentials(
+    browser, secured_server: Server, xray: Path
+) -> None:
+    """The browser sends the Basic credentials it signed in with on every request the page makes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(secured_server.url.replace("http://", f"http://squid:{API_KEY}@") + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "threshold" in d.find_element(By.ID, "model-line").text)
+    browser.find_element(By.ID, "file").send_keys(str(xray))
+    wait.until(ec.visibility_of_element_located((By.ID, "result")))
+    assert 0.0 <= float(browser.find_element(By.ID, "score").text) <= 1.0
