@@ -19,7 +19,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/squid
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY model ./model
 COPY service ./service
 COPY cli ./cli
@@ -58,7 +58,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python3 -m venv /opt/squid
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY model ./model
 COPY service ./service
 COPY cli ./cli
