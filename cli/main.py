@@ -38,7 +38,7 @@ def _require_training() -> None:
 def train(
     data: Annotated[
         Path,
-        typer.Option(help="Folder with NORMAL/ and anomalous class folders, or MNIST .npy folder."),
+        typer.Option(help="NORMAL/ + anomalous class folders, a path,label CSV, or an MNIST .npy folder."),
     ],
     out: Annotated[Path, typer.Option(help="Best checkpoint to write (a .last file is kept beside it).")],
     preset: Annotated[str, typer.Option(help="Config preset: thesis, lite or digit.")] = "thesis",
@@ -100,7 +100,9 @@ def _parse_override(item: str) -> tuple[str, object]:
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A calibrated checkpoint from `squid train`.")],
-    data: Annotated[Path, typer.Option(help="Labelled image folder (or MNIST folder for DigitAnatomy).")],
+    data: Annotated[
+        Path, typer.Option(help="Labelled image folder or path,label CSV (or MNIST folder for DigitAnatomy).")
+    ],
     out: Annotated[Path, typer.Option(help="Report folder.")],
     split: Annotated[
         str, typer.Option(help="all: every image in DATA; validation: the checkpoint's own split.")
@@ -123,7 +125,7 @@ def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="A calibrated checkpoint from `squid train`.")],
     out: Annotated[Path, typer.Option(help="ONNX artifact to write.")],
     data: Annotated[
-        Path | None, typer.Option(help="Images for the parity check (default: the training data folder).")
+        Path | None, typer.Option(help="Images for the parity check (default: the training data).")
     ] = None,
     check_images: Annotated[
         int, typer.Option(min=2, help="How many real images the parity check uses.")
@@ -168,7 +170,7 @@ def score(
 
 @app.command()
 def baseline(
-    data: Annotated[Path, typer.Option(help="The same data folder SQUID was trained on.")],
+    data: Annotated[Path, typer.Option(help="The same data (folder or CSV) SQUID was trained on.")],
     out: Annotated[Path, typer.Option(help="JSON file for the result.")],
     preset: Annotated[str, typer.Option(help="Widths to borrow from this SQUID preset.")] = "lite",
     epochs: Annotated[int, typer.Option(min=1)] = 10,

@@ -1,11 +1,14 @@
-"""Image-folder datasets: scanning, a reproducible validation split, and loading into memory.
+"""Labelled image datasets: scanning, a reproducible validation split, and loading into memory.
 
-A folder holds one sub-folder per class. ``NORMAL`` (any case) is label 0; every other class
-folder is anomalous (label 1). Only normals are ever trained on.
+A dataset is either a folder with one sub-folder per class, ``NORMAL`` (any case) being label 0 and
+every other class folder anomalous (label 1), or a CSV file of ``path,label`` rows (paths relative
+to the CSV's folder or absolute; label ``0``/``normal`` or ``1``/any other class name; an optional
+``path,label`` header). Only normals are ever trained on.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import random
 import re
@@ -51,6 +54,47 @@ def scan_folder(root: Path) -> list[ImageRecord]:
     if not any(r.label == 0 for r in records):
         raise ValueError(f"no NORMAL/ class folder with images under {root}")
     return records
+
+
+def scan_csv(csv_path: Path) -> list[ImageRecord]:
+    """The ``path,label`` rows of a CSV file, in file order; every path must exist."""
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    records = []
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise ValueError(f"{csv_path}:{line}: expected 'path,label', got {','.join(row)!r}")
+            path = base / row[0].strip()
+            if not path.is_file():
+                raise FileNotFoundError(f"{csv_path}:{line}: image not found: {path}")
+            records.append(ImageRecord(path, _csv_label(row[1])))
+    if not any(r.label == 0 for r in records):
+        raise ValueError(f"no normal (label 0) images listed in {csv_path}")
+    return records
+
+
+def _csv_label(value: str) -> int:
+    label = value.strip().lower()
+    return 0 if label == "0" or label in NORMAL_NAMES else 1
+
+
+def scan_dataset(source: Path) -> list[ImageRecord]:
+    """A class-folder tree or a ``path,label`` CSV file (see the module docstring)."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return scan_csv(source)
+    return scan_folder(source)
+
+
+def dataset_root(source: Path) -> Path:
+    """The folder relative paths of a dataset are named from (for digests and provenance)."""
+    source = Path(source)
+    return source.parent if source.is_file() else source
 
 
 def patient_key(path: Path) -> str:
@@ -99,7 +143,11 @@ def data_digest(records: Sequence[ImageRecord], root: Path) -> str:
     """sha256 over the relative paths, labels and sizes: names the exact training data used."""
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: r.path):
-        rel = record.path.relative_to(root).as_posix()
+        rel = (
+            record.path.relative_to(root).as_posix()
+            if record.path.is_relative_to(root)
+            else record.path.as_posix()
+        )
         digest.update(f"{rel}\t{record.label}\t{record.path.stat().st_size}\n".encode())
     return digest.hexdigest()
 

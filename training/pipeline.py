@@ -50,15 +50,15 @@ def prepare_data(root: Path, size: int, split: SplitSpec, progress: bool = True)
             "split": vars(split),
         }
         return TrainData(_resize(train, size), _resize(val_images, size), val_labels, source)
-    records = folders.scan_folder(root)
+    records = folders.scan_dataset(root)
     parts = folders.split_records(records, split.val_normal, split.val_anomalous, split.seed)
     train = folders.load_images(parts.train, size, progress, "loading train")
     val = folders.load_images(parts.validation, size, progress, "loading validation")
     source = {
         "kind": "image_folder",
         "root": str(root),
-        "digest": folders.data_digest(parts.train, root),
-        "validation_digest": folders.data_digest(parts.validation, root),
+        "digest": folders.data_digest(parts.train, folders.dataset_root(root)),
+        "validation_digest": folders.data_digest(parts.validation, folders.dataset_root(root)),
         "n_train": len(parts.train),
         "n_validation": len(parts.validation),
         "split": vars(split),
@@ -106,7 +106,7 @@ def evaluation_set(
         seed = spec.seed + 1 if split == "validation" else spec.seed + 1000
         images, labels = digit_anatomy.make_set(eval_pool, spec.val_normal, spec.val_anomalous, seed)
         return _resize(images, size), labels
-    records = folders.scan_folder(root)
+    records = folders.scan_dataset(root)
     if split == "validation":
         records = folders.split_records(records, spec.val_normal, spec.val_anomalous, spec.seed).validation
     elif split != "all":
@@ -140,12 +140,12 @@ def evaluate(
 def parity_images(checkpoint: ckpt.Checkpoint, data_root: Path | None, count: int) -> NDArray[np.float32]:
     """Real images for the export parity check: from ``data_root`` or the checkpoint's training data."""
     root = Path(data_root or checkpoint.data.get("root", ""))
-    if not root.is_dir():
-        raise FileNotFoundError(f"no images for the parity check: {root} is not a folder (pass --data)")
+    if not root.is_dir() and not root.is_file():
+        raise FileNotFoundError(f"no images for the parity check: {root} does not exist (pass --data)")
     size = checkpoint.squid_config().image_size
     if is_digit_folder(root):
         images, _ = digit_anatomy.make_set(digit_anatomy.load_mnist(root), count, 0, seed=12345)
         return _resize(images, size)
-    records = folders.scan_folder(root)
+    records = folders.scan_dataset(root)
     step = max(1, len(records) // count)
     return folders.load_images(records[::step][:count], size, progress=False)
