@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         3, ge=1, description="Deliveries of one chunk before its files are failed (poison-pill guard)."
     )
+    worker_max_memory_mb: int = Field(
+        2048,
+        ge=1,
+        description="A worker pool process above this resident size is replaced after its current task.",
+    )
     max_zip_extract_mb: float = Field(8192.0, gt=0, description="Largest uncompressed size of a zip job.")
     job_ttl_hours: float = Field(168.0, gt=0, description="How long finished jobs stay in Redis.")
 

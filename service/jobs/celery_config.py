@@ -11,6 +11,9 @@ Delivery guarantees come from the broker settings, exactly-once rows from idempo
 * Redis ``visibility_timeout``: a task delivered to a worker that vanished entirely is redelivered
   after it; it must exceed the longest task, so the settings require the hard time limit to be lower.
   The restore sweep runs every ``visibility_timeout / 10`` seconds (at most 10 s).
+* ``worker_max_memory_per_child``: a pool process whose resident memory grew past
+  ``SQUID_WORKER_MAX_MEMORY_MB`` (decoding full-size radiographs fragments the heap) is replaced
+  once its task is done; the new one loads the model in ``worker_process_init``.
 * ``worker_cancel_long_running_tasks_on_connection_loss``: a task whose broker connection dropped
   cannot be acknowledged any more; it is stopped and redelivered instead of finishing unseen.
 
@@ -54,6 +57,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_on_timeout": False,
         "task_time_limit": settings.task_time_limit_s,
         "worker_prefetch_multiplier": 1,
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024,  # KiB
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_send_task_events": False,
         "worker_hijack_root_logger": False,

@@ -9,6 +9,7 @@ failed state; never a job that silently lost rows.
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import time
 from pathlib import Path
@@ -179,6 +180,26 @@ def test_redis_restart_without_persistence_is_a_clear_failure_and_resumable(
         assert manager.get(job.id).state == "failed", "the lost job must stay failed"
     except redis.RedisError:
         pytest.fail("the manager must turn Redis errors into JobError(503)")
+    finally:
+        worker.stop()
+        server.kill()
+
+
+def test_pool_processes_over_the_memory_limit_are_replaced_and_the_job_completes(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    _, paths = bulk
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    env = job_env(tmp_path, server.url, SQUID_WORKER_MAX_MEMORY_MB="1", SQUID_CHUNK_SIZE="40")
+    manager = JobManager(settings_for(env))
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        final = follow(manager, manager.submit_path("bulk").id)
+        assert final.state == "succeeded", final
+        assert final.total == final.done == final.scored == FILES
+        assert_exactly_once(rows_of(manager, final.id), paths)
+        loaded = set(re.findall(r"worker process (\d+) loaded model", worker.logs()))
+        assert len(loaded) >= 3, "every task leaves its process above 1 MB, so each is replaced"
     finally:
         worker.stop()
         server.kill()
