@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import httpx
@@ -376,7 +377,22 @@ def test_openapi_documents_the_score_endpoint(client: httpx.Client) -> None:
         operation["requestBody"]["content"]
     )
     assert {"200", "413", "415", "422"} <= set(operation["responses"])
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_page_needs_no_internet(client: httpx.Client) -> None:
+    """Swagger UI's files come from this server, not a CDN: hospital networks are usually closed."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    references = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+    assert references
+    assert not [r for r in references if "//" in r], references
+    types = {}
+    for reference in references:
+        asset = client.get(reference)
+        assert asset.status_code == 200, reference
+        types[reference.rsplit(".", 1)[-1]] = asset.headers["content-type"]
+    assert types["js"].startswith("text/javascript") and types["css"].startswith("text/css")
+    assert client.get("/docs/assets/nothing.js").status_code == 404
 
 
 def test_page_and_static_files(client: httpx.Client) -> None:

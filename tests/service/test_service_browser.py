@@ -119,3 +119,15 @@ def test_a_protected_server_takes_the_key_as_basic_credentials(
     browser.find_element(By.ID, "file").send_keys(str(xray))
     wait.until(ec.visibility_of_element_located((By.ID, "result")))
     assert 0.0 <= float(browser.find_element(By.ID, "score").text) <= 1.0
+
+
+def test_api_docs_render_without_internet(browser, server: Server) -> None:
+    """This machine reaches no CDN, so a rendered operation list means the UI came from the server."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/docs")
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, '.opblock-summary-path[data-path="/score"]')
+    )
+    assert "POST" in browser.find_element(By.CSS_SELECTOR, ".opblock-post .opblock-summary-method").text
