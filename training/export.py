@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,17 +142,20 @@ def to_onnx(chain: InferenceChain, size: int) -> onnx.ModelProto:
     """Trace with the dynamo exporter, a batch-2 example and a dynamic batch dimension."""
     example = torch.rand(2, 1, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(
-        chain,
-        (example,),
-        dynamo=True,
-        external_data=False,
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
-        dynamic_shapes={"images": {0: batch}},
-        optimize=True,
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        # torch's own exporter trips its pytree deprecation; nothing a user of `squid export` can act on.
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+        program = torch.onnx.export(
+            chain,
+            (example,),
+            dynamo=True,
+            external_data=False,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": {0: batch}},
+            optimize=True,
+            verbose=False,
+        )
     assert program is not None
     return program.model_proto
 

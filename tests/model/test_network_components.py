@@ -199,5 +199,6 @@ def test_presets_build_and_produce_input_sized_reconstructions(name):
     generator = SquidGenerator(config)
     out = generator(torch.rand(2, 1, config.image_size, config.image_size))
     assert out.reconstruction.shape == (2, 1, config.image_size, config.image_size)
-    assert float(out.reconstruction.min()) >= 0 and float(out.reconstruction.max()) <= 1
+    reconstruction = out.reconstruction.detach()
+    assert float(reconstruction.min()) >= 0 and float(reconstruction.max()) <= 1
     assert len(out.student_features) == len(out.teacher_features) == len(config.encoder_channels)
