@@ -15,16 +15,15 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
-from service.errors import ApiError
+from service.api.assets import AssetFolder
 
 OPENAPI_URL = "/openapi.json"
 ASSETS_URL = "/docs/assets"
-SWAGGER_DIR = Path(str(files("fastapi_offline").joinpath("static")))
-_ASSETS = {
-    "swagger-ui-bundle.js": "text/javascript",
-    "swagger-ui.css": "text/css",
-    "favicon.png": "image/png",
-}
+SWAGGER = AssetFolder(
+    Path(str(files("fastapi_offline").joinpath("static"))),
+    {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"},
+    cache_control="max-age=86400",
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,7 +46,4 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 
 @router.get(ASSETS_URL + "/{name}")
 async def swagger_asset(name: str) -> FileResponse:
-    media_type = _ASSETS.get(name)
-    if media_type is None:
-        raise ApiError(404, "not_found", f"no docs asset {name!r}")
-    return FileResponse(SWAGGER_DIR / name, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
+    return SWAGGER.response(name)
