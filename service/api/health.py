@@ -25,12 +25,12 @@ async def healthz(state: StateDep) -> JSONResponse:
 @router.get("/readyz", summary="Readiness")
 async def readyz(state: StateDep) -> JSONResponse:
     """200 once the model is loaded and warmed up (in every worker process), 503 before or after a failure."""
-    workers = state.settings.workers
     if state.ready and state.runtime is not None:
-        workers_ready = readiness.ready_processes() if readiness.ready_dir() else 1
-        if workers_ready < workers:
-            body = {"status": "loading", "workers_ready": workers_ready, "workers": workers}
-            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        if readiness.ready_dir() is not None:  # several worker processes under `squid serve`
+            workers, workers_ready = state.settings.workers, readiness.ready_processes()
+            if workers_ready < workers:
+                body = {"status": "loading", "workers_ready": workers_ready, "workers": workers}
+                return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         meta = state.runtime.metadata
         body = {"status": "ready", "model": meta.model_name, "model_version": meta.model_version}
         return JSONResponse(body)
