@@ -12,6 +12,8 @@ import csv
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import redis
 from service.jobs.inprocess import run_inprocess
 from service.jobs.manager import JobError, JobManager, JobView
 from service.settings import Settings
-from tests.jobs.jobs_support import JOB_TIMEOUT_S, RedisServer, job_env, start_worker, wait_for
+from tests.jobs.jobs_support import JOB_TIMEOUT_S, RedisServer, Worker, job_env, start_worker, wait_for
 from tests.jobs.pacs_tree import build_bulk_tree
 
 FILES = 120
@@ -37,6 +39,23 @@ def settings_for(env: dict[str, str]) -> Settings:
         visibility_timeout_s=int(env["SQUID_VISIBILITY_TIMEOUT_S"]),
         task_time_limit_s=int(env["SQUID_TASK_TIME_LIMIT_S"]),
     )
+
+
+@contextmanager
+def one_worker_stack(
+    tmp_path: Path, persistent: bool, **settings: str
+) -> Iterator[tuple[RedisServer, JobManager, Worker]]:
+    """This test's own redis-server, one ``squid worker`` and a manager; all stopped afterwards."""
+    server = RedisServer(tmp_path / "redis", persistent=persistent).start()
+    env = job_env(tmp_path, server.url, **settings)
+    worker = None
+    try:
+        worker = start_worker(env, tmp_path / "worker.log")
+        yield server, JobManager(settings_for(env)), worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.kill()
 
 
 def follow(manager: JobManager, job_id: str) -> JobView:
@@ -135,11 +154,7 @@ def test_redis_restart_mid_job_with_persistence_loses_nothing(
     tmp_path: Path, bulk: tuple[Path, list[str]]
 ) -> None:
     _, paths = bulk
-    server = RedisServer(tmp_path / "redis", persistent=True).start()
-    env = job_env(tmp_path, server.url)
-    manager = JobManager(settings_for(env))
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
+    with one_worker_stack(tmp_path, persistent=True) as (server, manager, _):
         job = manager.submit_path("bulk")
         wait_for(lambda: in_flight(manager, job.id, 3), JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
         server.kill()  # SIGKILL: no shutdown save; only the append-only file keeps the state
@@ -149,57 +164,42 @@ def test_redis_restart_mid_job_with_persistence_loses_nothing(
         assert final.state == "succeeded", final
         assert final.total == final.done == FILES
         assert_exactly_once(rows_of(manager, job.id), paths)
-    finally:
-        worker.stop()
-        server.kill()
 
 
 def test_redis_restart_without_persistence_is_a_clear_failure_and_resumable(
     tmp_path: Path, bulk: tuple[Path, list[str]]
 ) -> None:
     _, paths = bulk
-    server = RedisServer(tmp_path / "redis", persistent=False).start()
-    env = job_env(tmp_path, server.url)
-    manager = JobManager(settings_for(env))
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
-        job = manager.submit_path("bulk")
-        wait_for(lambda: in_flight(manager, job.id, 3), JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
-        server.kill()
-        server.start()  # empty: queue, job state and resume cache are gone
-        lost = follow(manager, job.id)
-        assert lost.state == "failed" and lost.error is not None
-        assert lost.error["reason"] == "state_lost"
-        with pytest.raises(JobError) as caught:
-            manager.result_file(job.id, "instance", "csv")
-        assert caught.value.status == 409
+    with one_worker_stack(tmp_path, persistent=False) as (server, manager, _):
+        try:
+            job = manager.submit_path("bulk")
+            wait_for(lambda: in_flight(manager, job.id, 3), JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
+            server.kill()
+            server.start()  # empty: queue, job state and resume cache are gone
+            lost = follow(manager, job.id)
+            assert lost.state == "failed" and lost.error is not None
+            assert lost.error["reason"] == "state_lost"
+            with pytest.raises(JobError) as caught:
+                manager.result_file(job.id, "instance", "csv")
+            assert caught.value.status == 409
 
-        again = follow(manager, manager.submit_path("bulk").id)
-        assert again.state == "succeeded", again
-        assert_exactly_once(rows_of(manager, again.id), paths)
-        assert manager.get(job.id).state == "failed", "the lost job must stay failed"
-    except redis.RedisError:
-        pytest.fail("the manager must turn Redis errors into JobError(503)")
-    finally:
-        worker.stop()
-        server.kill()
+            again = follow(manager, manager.submit_path("bulk").id)
+            assert again.state == "succeeded", again
+            assert_exactly_once(rows_of(manager, again.id), paths)
+            assert manager.get(job.id).state == "failed", "the lost job must stay failed"
+        except redis.RedisError:
+            pytest.fail("the manager must turn Redis errors into JobError(503)")
 
 
 def test_pool_processes_over_the_memory_limit_are_replaced_and_the_job_completes(
     tmp_path: Path, bulk: tuple[Path, list[str]]
 ) -> None:
     _, paths = bulk
-    server = RedisServer(tmp_path / "redis", persistent=False).start()
-    env = job_env(tmp_path, server.url, SQUID_WORKER_MAX_MEMORY_MB="1", SQUID_CHUNK_SIZE="40")
-    manager = JobManager(settings_for(env))
-    worker = start_worker(env, tmp_path / "worker.log")
-    try:
+    memory_limited = {"SQUID_WORKER_MAX_MEMORY_MB": "1", "SQUID_CHUNK_SIZE": "40"}
+    with one_worker_stack(tmp_path, persistent=False, **memory_limited) as (_, manager, worker):
         final = follow(manager, manager.submit_path("bulk").id)
         assert final.state == "succeeded", final
         assert final.total == final.done == final.scored == FILES
         assert_exactly_once(rows_of(manager, final.id), paths)
         loaded = set(re.findall(r"worker process (\d+) loaded model", worker.logs()))
         assert len(loaded) >= 3, "every task leaves its process above 1 MB, so each is replaced"
-    finally:
-        worker.stop()
-        server.kill()

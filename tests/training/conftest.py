@@ -9,26 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.config import preset  # noqa: E402
+from tests.training.tiny_model import SIZE, tiny_config  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.data import load_images, scan_folder  # noqa: E402
 from training.export import export  # noqa: E402
 from training.trainer import TrainData, Trainer, TrainOptions  # noqa: E402
-
-SIZE = 64
-
-
-def tiny_real_config():
-    return preset("lite").replace(
-        image_size=SIZE,
-        encoder_channels=(4, 8, 8, 16),
-        bottleneck_channels=4,
-        attention_heads=2,
-        queue_items=10,
-        decoder_memory_slots=6,
-        discriminator_channels=(4, 4, 8, 8, 8),
-        batch_size=4,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +32,7 @@ def real_images(shared_data: Path) -> dict[str, np.ndarray]:
 def tiny_checkpoint(real_images, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "tiny.ckpt"
     data = TrainData(real_images["train"], real_images["val"], np.array([0] * 6 + [1] * 6), {"kind": "test"})
-    Trainer(tiny_real_config(), data, out, TrainOptions(epochs=1, progress=False)).fit()
+    Trainer(tiny_config(), data, out, TrainOptions(epochs=1, progress=False)).fit()
     return out
 
 

@@ -7,23 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.config import preset  # noqa: E402
+from tests.training.tiny_model import tiny_config  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
 from training.scoring import score_images  # noqa: E402
 from training.trainer import TrainData, Trainer, TrainOptions, last_path  # noqa: E402
-
-
-def tiny_config():
-    return preset("lite").replace(
-        image_size=64,
-        encoder_channels=(4, 8, 8, 16),
-        bottleneck_channels=4,
-        attention_heads=2,
-        queue_items=10,
-        decoder_memory_slots=6,
-        discriminator_channels=(4, 4, 8, 8, 8),
-        batch_size=4,
-    )
 
 
 def tiny_data(seed=0):
