@@ -53,8 +53,21 @@ def train(
         list[str] | None, typer.Option("--set", help="Override a config field: name=JSON value.")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    select_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled target-domain folder or CSV that selects the epoch and the threshold "
+            "instead of the validation split (never trained on)."
+        ),
+    ] = None,
+    selection_window: Annotated[
+        int, typer.Option(min=1, help="Select on the AUC averaged over this many trailing epochs.")
+    ] = 1,
+    keep_epochs: Annotated[
+        bool, typer.Option(help="Also keep every epoch's weights in OUT.epochs/ for later analysis.")
+    ] = False,
 ) -> None:
-    """Train SQUID on normal images, select the best epoch on validation, calibrate and threshold."""
+    """Train SQUID on normal images, select the best epoch, calibrate and threshold."""
     _require_training()
     import torch
 
@@ -74,9 +87,17 @@ def train(
             config,
             data,
             out,
-            TrainOptions(epochs=epochs, seed=seed, threshold_rule=threshold_rule, max_minutes=max_minutes),
+            TrainOptions(
+                epochs=epochs,
+                seed=seed,
+                threshold_rule=threshold_rule,
+                max_minutes=max_minutes,
+                selection_window=selection_window,
+                keep_epochs=keep_epochs,
+            ),
             SplitSpec(val_normal, val_anomalous, seed),
             resume=resume,
+            selection=select_data,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -100,24 +121,31 @@ def _parse_override(item: str) -> tuple[str, object]:
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A calibrated checkpoint from `squid train`.")],
-    data: Annotated[
-        Path, typer.Option(help="Labelled image folder or path,label CSV (or MNIST folder for DigitAnatomy).")
-    ],
     out: Annotated[Path, typer.Option(help="Report folder.")],
-    split: Annotated[
-        str, typer.Option(help="all: every image in DATA; validation: the checkpoint's own split.")
-    ] = "all",
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(help="A labelled folder or path,label CSV to evaluate whole (repeatable)."),
+    ] = None,
+    validation: Annotated[
+        bool, typer.Option(help="Also evaluate the checkpoint's own validation split.")
+    ] = True,
+    autoencoder: Annotated[
+        Path | None, typer.Option(help="An auto-encoder from `squid baseline`, to compare with.")
+    ] = None,
 ) -> None:
-    """Write metrics.json, ROC/PR curves, score histograms and a reconstruction grid."""
+    """SQUID next to the baselines on each split (AUC with 95% bootstrap intervals), plus per-split
+    metrics, ROC/PR curves, score histograms, reconstructions and the training curves."""
     _require_training()
     from training.pipeline import evaluate as run_evaluation
 
     try:
-        metrics = run_evaluation(checkpoint, data, out, split)
+        report = run_evaluation(checkpoint, out, data or [], validation, autoencoder)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     keys = ("auc", "accuracy", "f1", "sensitivity", "specificity", "threshold")
-    typer.echo(", ".join(f"{k}={metrics[k]:.4f}" for k in keys) + f"\nreport in {out}")
+    for name, metrics in report["splits"].items():
+        typer.echo(f"{name}: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys))
+    typer.echo((out / "comparison.md").read_text() + f"report in {out}")
 
 
 @app.command("export")
@@ -171,31 +199,44 @@ def score(
 @app.command()
 def baseline(
     data: Annotated[Path, typer.Option(help="The same data (folder or CSV) SQUID was trained on.")],
-    out: Annotated[Path, typer.Option(help="JSON file for the result.")],
+    out: Annotated[
+        Path, typer.Option(help="Auto-encoder weights to write (.pt); a .json summary goes beside it.")
+    ],
     preset: Annotated[str, typer.Option(help="Widths to borrow from this SQUID preset.")] = "lite",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads.")] = None,
+    select_data: Annotated[
+        Path | None, typer.Option(help="Labelled folder or CSV that selects the epoch (as in train).")
+    ] = None,
 ) -> None:
-    """Train the plain auto-encoder baseline on the same split and report its validation AUC."""
+    """Train the plain auto-encoder baseline on SQUID's split; `squid evaluate --autoencoder` compares."""
     _require_training()
-    import dataclasses
-
     import torch
 
     from model.config import preset as get_preset
-    from training.baseline import train_autoencoder
+    from training.baseline import save_autoencoder, train_autoencoder
     from training.pipeline import SplitSpec, prepare_data
 
     if threads:
         torch.set_num_threads(threads)
     config = get_preset(preset)
-    prepared = prepare_data(data, config.image_size, SplitSpec(seed=seed))
-    result = train_autoencoder(config, prepared.train, prepared.val_images, prepared.val_labels, epochs, seed)
-    record = {"model": "autoencoder", "preset_widths": preset, "epochs": epochs, **dataclasses.asdict(result)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    typer.echo(f"AE baseline: best validation AUC {result.val_auc:.4f} at epoch {result.best_epoch}")
+    try:
+        prepared = prepare_data(data, config.image_size, SplitSpec(seed=seed), selection=select_data)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    chosen = prepared.selection_set()
+    result = train_autoencoder(config, prepared.train, chosen.images, chosen.labels, epochs, seed)
+    save_autoencoder(result, config, out)
+    record = {
+        "model": "autoencoder",
+        "preset_widths": preset,
+        "epochs": epochs,
+        "selected_on": "selection" if select_data else "validation",
+        **result.summary(),
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    typer.echo(f"AE baseline: best AUC {result.val_auc:.4f} at epoch {result.best_epoch}; wrote {out}")
 
 
 def _register_commands() -> None:

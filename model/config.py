@@ -52,9 +52,17 @@ class SquidConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 16
     generator_every: int = 2
-    # Augmentation.
+    # Augmentation: the thesis' geometry, plus optional intensity jitter of the normals.
     translate: float = 0.05
     scale_range: tuple[float, float] = (0.95, 1.05)
+    gamma_range: tuple[float, float] = (1.0, 1.0)
+    window_jitter: float = 0.0
+    blur_sigma_max: float = 0.0
+    # Training recipe beyond the thesis (measured in docs/experiments.md; defaults = the thesis).
+    ema_decay: float = 0.0
+    d_mixed_batches: bool = False
+    d_lr_constant: bool = False
+    schedule_stretch: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,6 +81,10 @@ class SquidConfig:
             raise ValueError(f"score_norm must be one of {SCORE_NORMS}")
         if self.top_k < 1 or self.top_k > self.queue_items:
             raise ValueError("top_k must be in 1..queue_items")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1)")
+        if self.schedule_stretch < 1.0:
+            raise ValueError("schedule_stretch must be >= 1")
         token = self.bottleneck_channels * self.bottleneck_size**2
         if token % self.attention_heads:
             raise ValueError(f"token size {token} is not divisible by {self.attention_heads} heads")

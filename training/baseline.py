@@ -6,8 +6,11 @@ comparison under one budget isolates what SQUID's parts add.
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +40,31 @@ class AutoEncoder(nn.Module):
 
 @dataclass
 class BaselineResult:
+    """The AE's selection AUC per epoch and, in ``state``, the weights of the best epoch."""
+
     val_auc: float
     best_epoch: int
     history: list[float]
     train_seconds: float
+    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "state"}
+
+
+def save_autoencoder(result: BaselineResult, config: SquidConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": config.to_dict(), "state": result.state, **result.summary()}, path)
+
+
+def load_autoencoder(path: Path) -> AutoEncoder:
+    """The best-epoch AE written by ``squid baseline``, in eval mode."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"auto-encoder baseline not found: {path}")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    model = AutoEncoder(SquidConfig.from_dict(data["config"]))
+    model.load_state_dict(data["state"])
+    return model.eval()
 
 
 @torch.no_grad()
@@ -62,7 +86,8 @@ def train_autoencoder(
     seed: int = 0,
     progress: bool = True,
 ) -> BaselineResult:
-    """Train with the SQUID optimiser settings; return the best validation AUC over epochs."""
+    """Train with the SQUID optimiser settings; keep the epoch with the best AUC on the labelled
+    images given (the validation split, or a target-domain selection set)."""
     torch.manual_seed(seed)
     model = AutoEncoder(config)
     opt = torch.optim.Adam(
@@ -71,6 +96,7 @@ def train_autoencoder(
     data = torch.from_numpy(train)[:, None]
     rng = torch.Generator().manual_seed(seed)
     history: list[float] = []
+    best_state: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     for _epoch in tqdm(range(epochs), desc="AE baseline", disable=not progress):
         model.train()
@@ -84,5 +110,7 @@ def train_autoencoder(
             loss.backward()
             opt.step()
         history.append(roc_auc(val_labels, reconstruction_errors(model, val_images)))
+        if history[-1] > max(history[:-1], default=-np.inf):
+            best_state = copy.deepcopy(model.state_dict())
     best = int(np.argmax(history))
-    return BaselineResult(history[best], best + 1, history, time.perf_counter() - start)
+    return BaselineResult(history[best], best + 1, history, time.perf_counter() - start, best_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ from model.config import SquidConfig
 from training import checkpoint as ckpt
 from training import data as folders
 from training import digit_anatomy
+from training.baseline import load_autoencoder, reconstruction_errors
+from training.baselines import fit_baselines
+from training.comparison import Scored, write_comparison, write_training_curves
 from training.report import write_report
 from training.scoring import score_images
-from training.trainer import TrainData, Trainer, TrainOptions, last_path
+from training.trainer import LabelledSet, TrainData, Trainer, TrainOptions, last_path
 
 DIGIT_TRAIN_IMAGES = 1600
 
@@ -33,8 +37,27 @@ def is_digit_folder(path: Path) -> bool:
     return all((Path(path) / f"{d}.npy").is_file() for d in range(10))
 
 
-def prepare_data(root: Path, size: int, split: SplitSpec, progress: bool = True) -> TrainData:
-    """Training normals and the validation split, preprocessed exactly as serving will."""
+def prepare_data(
+    root: Path, size: int, split: SplitSpec, progress: bool = True, selection: Path | None = None
+) -> TrainData:
+    """Training normals, the validation split and the optional selection set, preprocessed exactly
+    as serving will."""
+    data = _prepare_training_data(root, size, split, progress)
+    if selection is not None:
+        records = folders.scan_dataset(selection)
+        if len({r.label for r in records}) < 2:
+            raise ValueError(f"the selection set {selection} needs both normal and anomalous images")
+        images = folders.load_images(records, size, progress, "loading selection")
+        data.selection = LabelledSet(images, folders.labels_of(records))
+        data.source["selection"] = {
+            "root": str(Path(selection).resolve()),
+            "digest": folders.data_digest(records, folders.dataset_root(selection)),
+            "n": len(records),
+        }
+    return data
+
+
+def _prepare_training_data(root: Path, size: int, split: SplitSpec, progress: bool) -> TrainData:
     root = Path(root).resolve()
     if is_digit_folder(root):
         digits = digit_anatomy.load_mnist(root)
@@ -81,8 +104,9 @@ def train(
     options: TrainOptions,
     split: SplitSpec,
     resume: bool = False,
+    selection: Path | None = None,
 ) -> ckpt.Checkpoint:
-    data = prepare_data(data_root, config.image_size, split, options.progress)
+    data = prepare_data(data_root, config.image_size, split, options.progress, selection)
     trainer = Trainer(config, data, out, options)
     if resume:
         state = last_path(Path(out))
@@ -114,27 +138,74 @@ def evaluation_set(
     return folders.load_images(records, size, progress, "loading"), folders.labels_of(records)
 
 
+def training_normals(checkpoint: ckpt.Checkpoint, progress: bool = True) -> NDArray[np.float32]:
+    """The normals the checkpoint was trained on (its recorded root and split), for the baselines."""
+    root = Path(checkpoint.data.get("root", ""))
+    if not root.exists():
+        raise FileNotFoundError(f"the training data {root} is gone: the baselines need it")
+    spec = SplitSpec(**checkpoint.data.get("split", {}))
+    return prepare_data(root, checkpoint.squid_config().image_size, spec, progress).train
+
+
 def evaluate(
-    checkpoint_path: Path, data_root: Path, out_dir: Path, split: str = "all", progress: bool = True
+    checkpoint_path: Path,
+    out_dir: Path,
+    data_roots: Sequence[Path] = (),
+    validation: bool = True,
+    autoencoder: Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
+    """SQUID's report on each split (the checkpoint's own validation split, then every folder in
+    ``data_roots`` whole), and SQUID next to the baselines on all of them with AUC intervals."""
     checkpoint = ckpt.load(checkpoint_path)
     if checkpoint.threshold is None:
         raise ValueError(f"{checkpoint_path} has no threshold: evaluate the best checkpoint, not .last")
+    splits: list[tuple[str, Path, str]] = []
+    if validation:
+        splits.append(("validation", Path(checkpoint.data.get("root", "")), "validation"))
+    splits += [(_split_name(root, [s[0] for s in splits]), Path(root), "all") for root in data_roots]
+    if not splits:
+        raise ValueError("nothing to evaluate: give --data or keep the validation split")
     generator, discriminator = checkpoint.build()
-    images, labels = evaluation_set(checkpoint, data_root, split, progress)
-    with torch.inference_mode():
-        raw, recon = score_images(generator, discriminator, images)
-    scores = checkpoint.get_calibration().apply(raw)
-    context = {
-        "checkpoint": str(checkpoint_path),
-        "data": str(data_root),
-        "split": split,
-        "epoch": checkpoint.epoch,
-        "score_norm": checkpoint.score_norm,
-        "threshold_rule": checkpoint.threshold["rule"],
-        "preset": checkpoint.config["name"],
-    }
-    return write_report(out_dir, labels, scores, float(checkpoint.threshold["value"]), images, recon, context)
+    calibration = checkpoint.get_calibration()
+    normals = training_normals(checkpoint, progress)
+    baselines = fit_baselines(normals)
+    ae = load_autoencoder(autoencoder) if autoencoder else None
+    squid_name = f"SQUID {checkpoint.config['name']} (epoch {checkpoint.epoch})"
+    out_dir = Path(out_dir)
+    reports: dict[str, Any] = {}
+    scored: list[Scored] = []
+    for name, root, part in splits:
+        images, labels = evaluation_set(checkpoint, root, part, progress)
+        with torch.inference_mode():
+            raw, recon = score_images(generator, discriminator, images)
+        scores = calibration.apply(raw)
+        context = {
+            "checkpoint": str(checkpoint_path),
+            "data": str(root),
+            "split": part,
+            "epoch": checkpoint.epoch,
+            "score_norm": checkpoint.score_norm,
+            "threshold_rule": checkpoint.threshold["rule"],
+            "preset": checkpoint.config["name"],
+        }
+        threshold = float(checkpoint.threshold["value"])
+        reports[name] = write_report(out_dir / name, labels, scores, threshold, images, recon, context)
+        scored.append(Scored(squid_name, name, labels, scores))
+        scored += [Scored(method, name, labels, score(images)) for method, score in baselines.items()]
+        if ae is not None:
+            errors = reconstruction_errors(ae, images)
+            scored.append(Scored("auto-encoder (recon. error)", name, labels, errors))
+    comparison = write_comparison(out_dir, scored)
+    write_training_curves(out_dir / "training_curves.png", checkpoint.history, checkpoint.epoch)
+    return {"splits": reports, "comparison": comparison}
+
+
+def _split_name(root: Path, taken: list[str]) -> str:
+    name = Path(root).stem or "data"
+    while name in taken:
+        name += "'"
+    return name
 
 
 def parity_images(checkpoint: ckpt.Checkpoint, data_root: Path | None, count: int) -> NDArray[np.float32]:

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike
 
 from training.metrics import metrics_at
 
-RULES = ("f1_optimal", "normal_percentile")
+RULES = ("f1_optimal", "normal_percentile", "specificity")
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,32 @@ def normal_percentile(normal_scores: ArrayLike, percentile: float = 99.0) -> Thr
     return Threshold(value, "normal_percentile", {"percentile": percentile, "n_normal": len(s)})
 
 
-def choose(rule: str, labels: ArrayLike, scores: ArrayLike, percentile: float = 99.0) -> Threshold:
+def at_specificity(labels: ArrayLike, scores: ArrayLike, specificity: float = 0.90) -> Threshold:
+    """The lowest threshold that keeps at least ``specificity`` of the labelled normals below it:
+    the most sensitive operating point that still meets a specificity target."""
+    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    normals = np.sort(s[y == 0])
+    if not len(normals):
+        raise ValueError("a specificity threshold needs labelled normal images")
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError("specificity must be in (0, 1]")
+    allowed = int(np.floor(len(normals) * (1.0 - specificity) + 1e-9))
+    # Scores >= t are called anomalous; at most `allowed` normals may reach t.
+    value = float(np.nextafter(normals[len(normals) - allowed - 1], np.inf))
+    reached = float((normals < value).mean())
+    return Threshold(
+        value, "specificity", {"target": specificity, "specificity": reached, "n_normal": len(normals)}
+    )
+
+
+def choose(
+    rule: str, labels: ArrayLike, scores: ArrayLike, percentile: float = 99.0, specificity: float = 0.90
+) -> Threshold:
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if rule == "f1_optimal":
         return f1_optimal(y, s)
     if rule == "normal_percentile":
         return normal_percentile(s[y == 0], percentile)
+    if rule == "specificity":
+        return at_specificity(y, s, specificity)
     raise ValueError(f"unknown threshold rule {rule!r}; choose one of {RULES}")

@@ -1,12 +1,15 @@
 """The SQUID training loop (thesis section 3.6, 4.1.5): D every iteration, generators every second.
 
-Model selection is on validation AUC, never on the last epoch: the discriminator's signal moves a lot
-between epochs. Each epoch the validation AUC is measured with both inference normalisations of the
-discriminator, and the best (epoch, normalisation) pair is kept, calibrated and thresholded.
+Model selection is on AUC, never on the last epoch: the discriminator's signal moves a lot between
+epochs. Each epoch the AUC is measured with both inference normalisations of the discriminator on the
+validation split held out of the training folder and, when one is given, on a separate selection set
+from the target domain (for ZhangLab: test-dev, half of the official test split). The best
+(epoch, normalisation) pair by the selection metric is kept, calibrated and thresholded.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -25,7 +28,7 @@ from model.calibration import Calibration
 from model.config import SCORE_NORMS, SquidConfig
 from model.network import Discriminator, SquidGenerator
 from training import checkpoint as ckpt
-from training.augment import random_affine
+from training.augment import random_affine, random_intensity
 from training.metrics import metrics_at, roc_auc
 from training.provenance import git_commit, package_version
 from training.scoring import score_images
@@ -35,13 +38,29 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class LabelledSet:
+    """Preprocessed images with labels (0 normal, 1 anomalous)."""
+
+    images: NDArray[np.float32]
+    labels: NDArray[np.int64]
+
+
+@dataclass
 class TrainData:
-    """Preprocessed arrays: training normals and a labelled validation split."""
+    """Preprocessed arrays: training normals, a labelled validation split, an optional selection set.
+
+    ``selection`` is target-domain data that chooses the epoch, the normalisation and the threshold
+    in place of the validation split; it is never trained on.
+    """
 
     train: NDArray[np.float32]
     val_images: NDArray[np.float32]
     val_labels: NDArray[np.int64]
     source: dict[str, Any] = field(default_factory=dict)
+    selection: LabelledSet | None = None
+
+    def selection_set(self) -> LabelledSet:
+        return self.selection or LabelledSet(self.val_images, self.val_labels)
 
 
 @dataclass
@@ -53,6 +72,8 @@ class TrainOptions:
     progress: bool = True
     score_norms: tuple[str, ...] = SCORE_NORMS
     selection_warmup: float = 0.1
+    selection_window: int = 1
+    keep_epochs: bool = False
 
     def first_candidate_epoch(self) -> int:
         """Epochs before this one are never selected: an untrained discriminator can separate the
@@ -64,6 +85,11 @@ class TrainOptions:
 def last_path(out: Path) -> Path:
     """Where the resumable state of the latest epoch lives, next to the best checkpoint."""
     return out.with_name(out.stem + ".last" + out.suffix)
+
+
+def epoch_path(out: Path, epoch: int) -> Path:
+    """Where ``keep_epochs`` puts the scoring weights of one epoch, for analyses after training."""
+    return out.with_name(f"{out.stem}.epochs") / f"e{epoch:04d}{out.suffix}"
 
 
 class Trainer:
@@ -83,6 +109,10 @@ class Trainer:
             weight_decay=config.weight_decay,
         )
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
+        self.ema: tuple[SquidGenerator, Discriminator] | None = None
+        if config.ema_decay > 0:
+            self.ema = (copy.deepcopy(self.generator), copy.deepcopy(self.discriminator))
+        self.steps = 0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_auc = -math.inf
@@ -92,9 +122,14 @@ class Trainer:
 
     # -- schedule -------------------------------------------------------------------------
     def _lr(self, epoch: int) -> float:
-        """Cosine annealing from lr to lr_min over the planned epochs (one step per epoch)."""
+        """Cosine annealing from lr towards lr_min, one step per epoch.
+
+        With ``schedule_stretch`` s > 1 the cosine spans s times the planned epochs, so training ends
+        before the minimum (the reference code's T_max = 300 for 200 epochs is s = 1.5).
+        """
         c = self.config
-        progress = epoch / max(1, self.options.epochs - 1) if self.options.epochs > 1 else 1.0
+        span = max(1.0, (self.options.epochs - 1) * c.schedule_stretch)
+        progress = epoch / span if self.options.epochs > 1 else 1.0
         return c.lr_min + 0.5 * (c.lr - c.lr_min) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     # -- one epoch ------------------------------------------------------------------------
@@ -103,7 +138,7 @@ class Trainer:
         lr = self._lr(self.epoch)
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = c.lr if opt is self.opt_d and c.d_lr_constant else lr
         torch.manual_seed(self.options.seed * 100_003 + self.epoch)
         rng = torch.Generator().manual_seed(self.options.seed * 7919 + self.epoch)
         order = torch.randperm(len(self.train_tensor), generator=rng)
@@ -123,6 +158,7 @@ class Trainer:
         )
         for i, index in enumerate(bar):
             images = random_affine(self.train_tensor[index], c.translate, c.scale_range, rng)
+            images = random_intensity(images, c.gamma_range, c.window_jitter, c.blur_sigma_max, rng)
             losses = self._step(images, generator_step=i % c.generator_every == 0)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -144,8 +180,7 @@ class Trainer:
             with torch.no_grad():
                 out = self.generator(images, with_teacher=False)
         fake = out.reconstruction
-        real_logits = self.discriminator(images)
-        fake_logits = self.discriminator(fake.detach())
+        real_logits, fake_logits = self._judge(images, fake.detach())
         loss_d = c.lambda_dis * (
             F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
@@ -155,6 +190,7 @@ class Trainer:
         self.opt_d.step()
         losses = {"d": float(loss_d.detach())}
         if not generator_step:
+            self._update_ema()
             return losses
         assert out.teacher_reconstruction is not None
         loss_s = F.mse_loss(fake, images)
@@ -163,7 +199,7 @@ class Trainer:
             (F.mse_loss(s, t) for s, t in zip(out.student_features, out.teacher_features, strict=True)),
             torch.zeros(()),
         )
-        gen_logits = self.discriminator(fake)
+        _, gen_logits = self._judge(images, fake)
         loss_gen = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
         total = (
             c.lambda_s * loss_s + c.lambda_t * loss_t + c.lambda_dist * loss_dist + c.lambda_gen * loss_gen
@@ -172,6 +208,7 @@ class Trainer:
         total.backward()
         self.opt_g.step()
         self.generator.commit_to_queue()
+        self._update_ema()
         losses.update(
             {
                 k: float(v.detach())
@@ -180,24 +217,78 @@ class Trainer:
         )
         return losses
 
+    def _judge(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits on a real and a fake batch: separately (reference), or as one mixed batch so
+        that BatchNorm statistics cannot tell the two apart."""
+        if self.config.d_mixed_batches:
+            logits = self.discriminator(torch.cat([real, fake]))
+            return logits[: len(real)], logits[len(real) :]
+        return self.discriminator(real), self.discriminator(fake)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Exponential moving average of both networks' weights; buffers (the memory queue, BN
+        statistics) are copied, since averaging queue items would blend unrelated patches."""
+        self.steps += 1
+        if self.ema is None:
+            return
+        decay = min(self.config.ema_decay, (1 + self.steps) / (10 + self.steps))
+        for averaged, live in zip(self.ema, (self.generator, self.discriminator), strict=True):
+            for a, p in zip(averaged.parameters(), live.parameters(), strict=True):
+                a.lerp_(p, 1 - decay)
+            for kept, current in zip(averaged.buffers(), live.buffers(), strict=True):
+                kept.copy_(current)
+
+    def scoring_networks(self) -> tuple[SquidGenerator, Discriminator]:
+        """The weights that score: the moving averages when EMA is on, else the live networks."""
+        return self.ema if self.ema is not None else (self.generator, self.discriminator)
+
     # -- validation and selection ---------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Validation AUC for each inference normalisation of D (anomalous = low logit)."""
+        """AUC for each inference normalisation of D (anomalous = low logit): ``val_auc_<norm>`` on the
+        validation split and, with a selection set, ``sel_auc_<norm>`` on it."""
+        generator, discriminator = self.scoring_networks()
+        sets = {"val": LabelledSet(self.data.val_images, self.data.val_labels)}
+        if self.data.selection is not None:
+            sets["sel"] = self.data.selection
         result = {}
-        for norm in self.options.score_norms:
-            raw, _ = score_images(self.generator, self.discriminator, self.data.val_images, norm=norm)
-            result[norm] = roc_auc(self.data.val_labels, -raw)
+        for name, labelled in sets.items():
+            for norm in self.options.score_norms:
+                raw, _ = score_images(generator, discriminator, labelled.images, norm=norm)
+                result[f"{name}_auc_{norm}"] = roc_auc(labelled.labels, -raw)
         return result
 
+    def selection_metric(self, norm: str) -> float:
+        """The AUC that selects: on the selection set (else validation), averaged over the last
+        ``selection_window`` epochs so that one lucky epoch does not win."""
+        key = f"{'sel' if self.data.selection is not None else 'val'}_auc_{norm}"
+        window = self.history[-self.options.selection_window :]
+        return float(np.mean([h[key] for h in window]))
+
     def calibrate(self, norm: str) -> tuple[Calibration, dict[str, Any], dict[str, Any]]:
-        """mu/sigma on the un-augmented training normals; threshold and metrics on validation."""
-        train_raw, _ = score_images(self.generator, self.discriminator, self.data.train, norm=norm)
+        """mu/sigma on the un-augmented training normals; the threshold (and the 0.90-specificity
+        operating point) on the selection set, the validation split when there is none.
+
+        Returns the calibration, the threshold record and the metrics at that threshold on the
+        validation split (with the selection set's under ``selection``)."""
+        generator, discriminator = self.scoring_networks()
+        train_raw, _ = score_images(generator, discriminator, self.data.train, norm=norm)
         calibration = Calibration.fit(train_raw)
-        val_raw, _ = score_images(self.generator, self.discriminator, self.data.val_images, norm=norm)
-        val_scores = calibration.apply(val_raw)
-        threshold = choose(self.options.threshold_rule, self.data.val_labels, val_scores)
-        metrics = metrics_at(self.data.val_labels, val_scores, threshold.value).to_dict()
-        return calibration, threshold.to_dict(), metrics
+
+        def calibrated(images: NDArray[np.float32]) -> NDArray[np.float64]:
+            return calibration.apply(score_images(generator, discriminator, images, norm=norm)[0])
+
+        chosen = self.data.selection_set()
+        scores = calibrated(chosen.images)
+        threshold = choose(self.options.threshold_rule, chosen.labels, scores)
+        spec90 = choose("specificity", chosen.labels, scores, specificity=0.90)
+        val_scores = calibrated(self.data.val_images) if self.data.selection is not None else scores
+        metrics: dict[str, Any] = metrics_at(self.data.val_labels, val_scores, threshold.value).to_dict()
+        if self.data.selection is not None:
+            metrics["selection"] = metrics_at(chosen.labels, scores, threshold.value).to_dict()
+        record = threshold.to_dict()
+        record["operating_points"] = {"default": threshold.to_dict(), "spec90": spec90.to_dict()}
+        return calibration, record, metrics
 
     def fit(self) -> ckpt.Checkpoint:
         """Train to ``epochs`` (or the time budget), checkpointing every epoch; return the best."""
@@ -205,34 +296,35 @@ class Trainer:
         while self.epoch < self.options.epochs:
             stats = self.train_epoch()
             aucs = self.validate()
-            norm = max(aucs, key=lambda k: aucs[k])
             self.epoch += 1
-            record = {"epoch": self.epoch, **stats, **{f"val_auc_{k}": v for k, v in aucs.items()}}
+            record = {"epoch": self.epoch, **stats, **aucs}
             self.history.append(record)
+            metric = {n: self.selection_metric(n) for n in self.options.score_norms}
+            norm = max(metric, key=lambda k: metric[k])
             candidate = self.epoch >= self.options.first_candidate_epoch()
-            improved = candidate and aucs[norm] > self.best_auc
+            improved = candidate and metric[norm] > self.best_auc
             log.info("epoch %d: %s", self.epoch, record)
             if self.options.progress:
                 tqdm.write(
                     f"epoch {self.epoch}: "
-                    + ", ".join(f"val AUC[{k}]={v:.4f}" for k, v in aucs.items())
+                    + ", ".join(f"AUC[{k}]={v:.4f}" for k, v in aucs.items())
                     + f", {stats['images_per_second']:.1f} img/s"
                     + (" (best)" if improved else "")
                 )
             if improved:
-                self.best_auc, self.best_epoch = aucs[norm], self.epoch
+                self.best_auc, self.best_epoch = metric[norm], self.epoch
                 ckpt.save(self.snapshot(norm, calibrated=True), self.out)
             ckpt.save(self.snapshot(norm, calibrated=False, with_optimizers=True), last_path(self.out))
+            if self.options.keep_epochs:
+                ckpt.save(self.snapshot(norm, calibrated=False), epoch_path(self.out, self.epoch))
             if budget is not None and self.train_seconds >= budget:
                 log.info("time budget of %.1f min reached after epoch %d", budget / 60, self.epoch)
                 break
         if self.best_epoch == 0:
             # Stopped before the selection warm-up ended: the latest epoch is all there is.
             log.warning("no epoch after the selection warm-up was reached; keeping epoch %d", self.epoch)
-            norm = max(
-                self.history[-1], key=lambda k: self.history[-1][k] if k.startswith("val_auc_") else -1
-            )
-            ckpt.save(self.snapshot(norm.removeprefix("val_auc_"), calibrated=True), self.out)
+            norm = max(self.options.score_norms, key=self.selection_metric)
+            ckpt.save(self.snapshot(norm, calibrated=True), self.out)
             self.best_epoch = self.epoch
         best = ckpt.load(self.out)
         best.history = self.history
@@ -240,15 +332,33 @@ class Trainer:
         return best
 
     def snapshot(self, norm: str, calibrated: bool, with_optimizers: bool = False) -> ckpt.Checkpoint:
+        """A checkpoint of this epoch. The best checkpoint holds the scoring weights; the resumable
+        ``.last`` one (``with_optimizers``) the live weights, with optimisers, moving averages and
+        the selection state beside them."""
         calibration = threshold = None
         validation: dict[str, Any] = {}
         if calibrated:
             cal, threshold, validation = self.calibrate(norm)
             calibration = cal.to_dict()
+        generator, discriminator = (
+            (self.generator, self.discriminator) if with_optimizers else self.scoring_networks()
+        )
+        resume_state: dict[str, Any] | None = None
+        if with_optimizers:
+            resume_state = {
+                "g": self.opt_g.state_dict(),
+                "d": self.opt_d.state_dict(),
+                "best_auc": self.best_auc,
+                "best_epoch": self.best_epoch,
+                "steps": self.steps,
+            }
+            if self.ema is not None:
+                resume_state["ema_g"] = _weights(self.ema[0])
+                resume_state["ema_d"] = _weights(self.ema[1])
         return ckpt.Checkpoint(
             config=self.config.to_dict(),
-            generator={k: v.clone() for k, v in self.generator.state_dict().items()},
-            discriminator={k: v.clone() for k, v in self.discriminator.state_dict().items()},
+            generator=_weights(generator),
+            discriminator=_weights(discriminator),
             score_norm=norm,
             epoch=self.epoch,
             epochs=self.options.epochs,
@@ -262,15 +372,7 @@ class Trainer:
             threshold=threshold,
             validation=validation,
             train_seconds=self.train_seconds,
-            optimizers=(
-                {
-                    "g": self.opt_g.state_dict(),
-                    "d": self.opt_d.state_dict(),
-                    "best_auc": self.best_auc,
-                }
-                if with_optimizers
-                else None
-            ),
+            optimizers=resume_state,
         )
 
     def resume(self, state: ckpt.Checkpoint) -> None:
@@ -283,12 +385,21 @@ class Trainer:
         self.discriminator.load_state_dict(state.discriminator)
         self.opt_g.load_state_dict(state.optimizers["g"])
         self.opt_d.load_state_dict(state.optimizers["d"])
+        if self.ema is not None:
+            self.ema[0].load_state_dict(state.optimizers["ema_g"])
+            self.ema[1].load_state_dict(state.optimizers["ema_d"])
+        self.steps = int(state.optimizers.get("steps", 0))
         self.best_auc = float(state.optimizers["best_auc"])
-        best_epoch = int(state.optimizers.get("best_epoch", 0))
-        if best_epoch < self.options.first_candidate_epoch():
-            self.best_auc = -math.inf  # the saved best predates the selection warm-up
+        self.best_epoch = int(state.optimizers.get("best_epoch", 0))
+        if self.best_epoch < self.options.first_candidate_epoch():
+            # The saved best predates the selection warm-up (or a checkpoint without the field).
+            self.best_auc, self.best_epoch = -math.inf, 0
         self.epoch, self.history, self.train_seconds = (
             state.epoch,
             list(state.history),
             state.train_seconds,
         )
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
