@@ -209,6 +209,8 @@ def baseline(
     select_data: Annotated[
         Path | None, typer.Option(help="Labelled folder or CSV that selects the epoch (as in train).")
     ] = None,
+    val_normal: Annotated[int, typer.Option(help="Normal images held out, as in train.")] = 100,
+    val_anomalous: Annotated[int, typer.Option(help="Anomalous images held out, as in train.")] = 100,
 ) -> None:
     """Train the plain auto-encoder baseline on SQUID's split; `squid evaluate --autoencoder` compares."""
     _require_training()
@@ -222,7 +224,8 @@ def baseline(
         torch.set_num_threads(threads)
     config = get_preset(preset)
     try:
-        prepared = prepare_data(data, config.image_size, SplitSpec(seed=seed), selection=select_data)
+        split = SplitSpec(val_normal, val_anomalous, seed)
+        prepared = prepare_data(data, config.image_size, split, selection=select_data)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     chosen = prepared.selection_set()

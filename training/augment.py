@@ -1,4 +1,5 @@
-"""The thesis augmentation: small random translation and scaling only (section 4.1.5)."""
+"""Training augmentation: the thesis' small translation and scaling (section 4.1.5), and optional
+exposure jitter of the normals (off in the thesis presets)."""
 
 from __future__ import annotations
 
