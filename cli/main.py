@@ -218,14 +218,14 @@ def baseline(
 
     from model.config import preset as get_preset
     from training.baseline import save_autoencoder, train_autoencoder
-    from training.pipeline import SplitSpec, prepare_data
+    from training.pipeline import SplitSpec, prepare_data, preprocessing_of
 
     if threads:
         torch.set_num_threads(threads)
     config = get_preset(preset)
     try:
         split = SplitSpec(val_normal, val_anomalous, seed)
-        prepared = prepare_data(data, config.image_size, split, selection=select_data)
+        prepared = prepare_data(data, preprocessing_of(config), split, selection=select_data)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     chosen = prepared.selection_set()

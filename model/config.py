@@ -20,6 +20,7 @@ class SquidConfig:
 
     name: str = "thesis"
     image_size: int = 128
+    intensity: str = "minmax"
     grid: int = 2
     encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
     convs_per_stage: int = 2
@@ -77,6 +78,8 @@ class SquidConfig:
             )
         if self.decoder_skip_levels >= len(self.encoder_channels):
             raise ValueError("decoder_skip_levels must leave at least one full-image level")
+        if self.intensity not in ("minmax", "percentile", "equalize"):
+            raise ValueError("intensity must be minmax, percentile or equalize (see model.preprocess)")
         if self.score_norm not in SCORE_NORMS:
             raise ValueError(f"score_norm must be one of {SCORE_NORMS}")
         if self.top_k < 1 or self.top_k > self.queue_items:

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from model.preprocess import preprocess
+from model.preprocess import Preprocessing
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ""}
 NORMAL_NAMES = {"normal", "normal_256"}
@@ -153,14 +153,19 @@ def data_digest(records: Sequence[ImageRecord], root: Path) -> str:
 
 
 def load_images(
-    records: Sequence[ImageRecord], size: int, progress: bool = True, desc: str = "loading"
+    records: Sequence[ImageRecord],
+    preprocessing: Preprocessing | int,
+    progress: bool = True,
+    desc: str = "loading",
 ) -> NDArray[np.float32]:
-    """Decode and preprocess records into an (N, size, size) float32 array with the serving path."""
+    """Decode and preprocess records into an (N, size, size) float32 array with the serving path
+    (an int means min-max preprocessing at that size)."""
     from model.imaging import read_path
 
-    out = np.empty((len(records), size, size), dtype=np.float32)
+    prep = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing(preprocessing)
+    out = np.empty((len(records), prep.size, prep.size), dtype=np.float32)
     for i, record in enumerate(tqdm(records, desc=desc, disable=not progress, unit="img")):
-        out[i] = preprocess(read_path(record.path).pixels, size)
+        out[i] = prep(read_path(record.path).pixels)
     return out
 
 

@@ -115,7 +115,7 @@ def build_metadata(checkpoint: Checkpoint, chain: InferenceChain, version: str) 
         model_version=version,
         preset=checkpoint.config["name"],
         input_size=size,
-        preprocessing=preprocessing_spec(size),
+        preprocessing=preprocessing_spec(size, checkpoint.squid_config().intensity),
         calibration=checkpoint.calibration,
         threshold=float(checkpoint.threshold["value"]),
         threshold_rule=checkpoint.threshold["rule"],

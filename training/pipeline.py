@@ -12,6 +12,7 @@ import torch
 from numpy.typing import NDArray
 
 from model.config import SquidConfig
+from model.preprocess import Preprocessing
 from training import checkpoint as ckpt
 from training import data as folders
 from training import digit_anatomy
@@ -38,16 +39,20 @@ def is_digit_folder(path: Path) -> bool:
 
 
 def prepare_data(
-    root: Path, size: int, split: SplitSpec, progress: bool = True, selection: Path | None = None
+    root: Path,
+    prep: Preprocessing,
+    split: SplitSpec,
+    progress: bool = True,
+    selection: Path | None = None,
 ) -> TrainData:
     """Training normals, the validation split and the optional selection set, preprocessed exactly
     as serving will."""
-    data = _prepare_training_data(root, size, split, progress)
+    data = _prepare_training_data(root, prep, split, progress)
     if selection is not None:
         records = folders.scan_dataset(selection)
         if len({r.label for r in records}) < 2:
             raise ValueError(f"the selection set {selection} needs both normal and anomalous images")
-        images = folders.load_images(records, size, progress, "loading selection")
+        images = folders.load_images(records, prep, progress, "loading selection")
         data.selection = LabelledSet(images, folders.labels_of(records))
         data.source["selection"] = {
             "root": str(Path(selection).resolve()),
@@ -57,7 +62,7 @@ def prepare_data(
     return data
 
 
-def _prepare_training_data(root: Path, size: int, split: SplitSpec, progress: bool) -> TrainData:
+def _prepare_training_data(root: Path, prep: Preprocessing, split: SplitSpec, progress: bool) -> TrainData:
     root = Path(root).resolve()
     if is_digit_folder(root):
         digits = digit_anatomy.load_mnist(root)
@@ -72,11 +77,11 @@ def _prepare_training_data(root: Path, size: int, split: SplitSpec, progress: bo
             "n_train": len(train),
             "split": vars(split),
         }
-        return TrainData(_resize(train, size), _resize(val_images, size), val_labels, source)
+        return TrainData(_resize(train, prep), _resize(val_images, prep), val_labels, source)
     records = folders.scan_dataset(root)
     parts = folders.split_records(records, split.val_normal, split.val_anomalous, split.seed)
-    train = folders.load_images(parts.train, size, progress, "loading train")
-    val = folders.load_images(parts.validation, size, progress, "loading validation")
+    train = folders.load_images(parts.train, prep, progress, "loading train")
+    val = folders.load_images(parts.validation, prep, progress, "loading validation")
     source = {
         "kind": "image_folder",
         "root": str(root),
@@ -89,12 +94,14 @@ def _prepare_training_data(root: Path, size: int, split: SplitSpec, progress: bo
     return TrainData(train, val, folders.labels_of(parts.validation), source)
 
 
-def _resize(images: NDArray[np.float32], size: int) -> NDArray[np.float32]:
-    from model.preprocess import preprocess
-
-    if images.shape[1:] == (size, size):
+def _resize(images: NDArray[np.float32], prep: Preprocessing) -> NDArray[np.float32]:
+    if images.shape[1:] == (prep.size, prep.size) and prep.intensity == "minmax":
         return images
-    return np.stack([preprocess(image, size) for image in images])
+    return np.stack([prep(image) for image in images])
+
+
+def preprocessing_of(config: SquidConfig) -> Preprocessing:
+    return Preprocessing(config.image_size, config.intensity)
 
 
 def train(
@@ -106,7 +113,7 @@ def train(
     resume: bool = False,
     selection: Path | None = None,
 ) -> ckpt.Checkpoint:
-    data = prepare_data(data_root, config.image_size, split, options.progress, selection)
+    data = prepare_data(data_root, preprocessing_of(config), split, options.progress, selection)
     trainer = Trainer(config, data, out, options)
     if resume:
         state = last_path(Path(out))
@@ -120,7 +127,7 @@ def evaluation_set(
     checkpoint: ckpt.Checkpoint, root: Path, split: str, progress: bool = True
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """The images to evaluate: a whole labelled folder, or the checkpoint's own validation split."""
-    size = checkpoint.squid_config().image_size
+    prep = preprocessing_of(checkpoint.squid_config())
     root = Path(root).resolve()
     saved = checkpoint.data.get("split", {})
     spec = SplitSpec(**saved) if saved else SplitSpec()
@@ -129,13 +136,13 @@ def evaluation_set(
         _, eval_pool = digit_anatomy.split_pools(digits, 0.8)
         seed = spec.seed + 1 if split == "validation" else spec.seed + 1000
         images, labels = digit_anatomy.make_set(eval_pool, spec.val_normal, spec.val_anomalous, seed)
-        return _resize(images, size), labels
+        return _resize(images, prep), labels
     records = folders.scan_dataset(root)
     if split == "validation":
         records = folders.split_records(records, spec.val_normal, spec.val_anomalous, spec.seed).validation
     elif split != "all":
         raise ValueError("split must be 'all' or 'validation'")
-    return folders.load_images(records, size, progress, "loading"), folders.labels_of(records)
+    return folders.load_images(records, prep, progress, "loading"), folders.labels_of(records)
 
 
 def training_normals(checkpoint: ckpt.Checkpoint, progress: bool = True) -> NDArray[np.float32]:
@@ -144,7 +151,7 @@ def training_normals(checkpoint: ckpt.Checkpoint, progress: bool = True) -> NDAr
     if not root.exists():
         raise FileNotFoundError(f"the training data {root} is gone: the baselines need it")
     spec = SplitSpec(**checkpoint.data.get("split", {}))
-    return prepare_data(root, checkpoint.squid_config().image_size, spec, progress).train
+    return prepare_data(root, preprocessing_of(checkpoint.squid_config()), spec, progress).train
 
 
 def evaluate(
@@ -213,10 +220,10 @@ def parity_images(checkpoint: ckpt.Checkpoint, data_root: Path | None, count: in
     root = Path(data_root or checkpoint.data.get("root", ""))
     if not root.is_dir() and not root.is_file():
         raise FileNotFoundError(f"no images for the parity check: {root} does not exist (pass --data)")
-    size = checkpoint.squid_config().image_size
+    prep = preprocessing_of(checkpoint.squid_config())
     if is_digit_folder(root):
         images, _ = digit_anatomy.make_set(digit_anatomy.load_mnist(root), count, 0, seed=12345)
-        return _resize(images, size)
+        return _resize(images, prep)
     records = folders.scan_dataset(root)
     step = max(1, len(records) // count)
-    return folders.load_images(records[::step][:count], size, progress=False)
+    return folders.load_images(records[::step][:count], prep, progress=False)
