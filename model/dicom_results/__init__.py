@@ -6,7 +6,15 @@ SOP Instance UID, the model version and the object kind, so a re-run replaces it
 Torch-free and service-free: the CLI, the HTTP API, batch jobs and a DICOM node share it.
 """
 
-from .build import KINDS, Kind, ResultObject, build_for_upload, build_objects, require_dicom
+from .build import (
+    KINDS,
+    Kind,
+    ResultObject,
+    build_for_upload,
+    build_objects,
+    require_dicom,
+    write_for_upload,
+)
 from .errors import NotBuilt, Skip
 from .identity import ModelInfo
 from .sc import anomaly_map, build_sc
@@ -32,4 +40,5 @@ __all__ = [
     "require_dicom",
     "to_bytes",
     "write_file",
+    "write_for_upload",
 ]

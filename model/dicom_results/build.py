@@ -91,6 +91,13 @@ def build_for_upload(
     return build_objects(read_source(data), result, model, decoded.pixels, kinds)
 
 
+def write_for_upload(
+    data: bytes, decoded: DecodedImage, result: ScoreResult, model: ModelInfo, folder: Path
+) -> dict[Kind, Path]:
+    """Build both objects of one scored upload and write them into ``folder``: kind -> file."""
+    return {obj.kind: obj.write(folder) for obj in build_for_upload(data, decoded, result, model)}
+
+
 def require_dicom(decoded: DecodedImage) -> None:
     """PNG/JPEG have no study to file into: say so before any work is spent on them."""
     if decoded.info.format != "dicom":

@@ -27,6 +27,8 @@ KIND = "sc"
 SERIES_NUMBER = 9902
 SERIES_DESCRIPTION = "SQUID anomaly map (not for diagnostic use)"
 MAX_SIDE = 1024
+# Small sources (a 224 px export) are enlarged by pixel replication so the burned-in text stays legible.
+MIN_WIDTH = 512
 LATERALITIES = ("R", "L")
 UNPAIRED_BODY_PARTS = frozenset({"CHEST", "THORAX"})
 _PLACEHOLDER_ORIENTATION = ("L", "F")  # replaced by the source's value (or emptied) after construction
@@ -38,8 +40,11 @@ def anomaly_map(result: ScoreResult) -> NDArray[np.float32]:
 
 
 def overlay(pixels: NDArray[Any], result: ScoreResult, max_side: int = MAX_SIDE) -> NDArray[np.uint8]:
-    """The API's heatmap overlay (the same renderer), at up to ``max_side`` pixels on the long side."""
-    return overlay_rgb(pixels, anomaly_map(result), max_side=max_side)
+    """The API's heatmap overlay (the same renderer) at up to ``max_side`` pixels on the long side,
+    repeated pixel by pixel an integer number of times when it is narrower than ``MIN_WIDTH``."""
+    picture = overlay_rgb(pixels, anomaly_map(result), max_side=max_side)
+    factor = -(-MIN_WIDTH // picture.shape[1])
+    return picture if factor <= 1 else picture.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def caption(result: ScoreResult, model: ModelInfo) -> list[str]:

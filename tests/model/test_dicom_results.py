@@ -30,7 +30,7 @@ from model.dicom_results import (
 )
 from model.dicom_results import codes as sr_codes
 from model.dicom_results.identity import MANUFACTURER, NOT_FOR_DIAGNOSTIC_USE
-from model.dicom_results.sc import MAX_SIDE, burn_in, caption, overlay
+from model.dicom_results.sc import MAX_SIDE, MIN_WIDTH, burn_in, caption, overlay
 from model.heatmap import overlay_png
 from model.imaging import DecodedImage, ImageRejected, read_image
 from model.preprocess import preprocess
@@ -147,9 +147,10 @@ def test_sc_shows_the_api_overlay_with_the_score_burned_in(
     source = read_source(chest_upload)
     sc = dcmread(paths["sc"])
     pixels = sc.pixel_array
-    expected = np.asarray(
-        Image.open(io.BytesIO(overlay_png(decoded.pixels, result.anomaly_map, max_side=MAX_SIDE)))
-    )
+    png = overlay_png(decoded.pixels, result.anomaly_map, max_side=MAX_SIDE)
+    factor = -(-MIN_WIDTH // decoded.pixels.shape[1])  # 288 columns: each pixel repeated twice
+    assert factor == 2
+    expected = np.asarray(Image.open(io.BytesIO(png))).repeat(factor, axis=0).repeat(factor, axis=1)
     height = expected.shape[0]
     assert pixels.shape[1] == expected.shape[1] and pixels.shape[0] > height
     assert np.array_equal(pixels[:height], expected)
