@@ -27,13 +27,15 @@ from service.jobs.rows import (
 )
 from service.jobs.walker import FileEntry
 
-Level = Literal["instance", "study"]
+Level = Literal["instance", "study", "dicom"]
 Format = Literal["csv", "jsonl"]
 RESULT_FILES: dict[tuple[str, str], str] = {
     ("instance", "csv"): "instances.csv",
     ("instance", "jsonl"): "instances.jsonl",
     ("study", "csv"): "studies.csv",
     ("study", "jsonl"): "studies.jsonl",
+    ("dicom", "csv"): "dicom_outputs.csv",  # jobs with dicom_out (service.jobs.dicom_outputs)
+    ("dicom", "jsonl"): "dicom_outputs.jsonl",
 }
 
 
