@@ -14,7 +14,7 @@ import highdicom as hd
 
 from model.artifact import ArtifactMetadata
 
-from . import codes
+from . import codes, uids
 
 SOFTWARE = "squid-cxr"
 MANUFACTURER = "squid-cxr (open source)"
@@ -69,10 +69,20 @@ class ModelInfo:
             )[:1024],
         )
 
-    def equipment_attributes(self) -> dict[str, Any]:
-        """General Equipment keyword arguments of highdicom's SOP classes (besides ``manufacturer``)."""
+    def object_attributes(
+        self, source_sop_instance_uid: str, kind: str, series_number: int, series_description: str
+    ) -> dict[str, Any]:
+        """What the SR and SC constructors take alike: derived UIDs, numbering, series description,
+        and the General and Contributing Equipment naming this software and model."""
         return {
+            "series_instance_uid": uids.series_uid(source_sop_instance_uid, self.version, kind),
+            "series_number": series_number,
+            "sop_instance_uid": uids.instance_uid(source_sop_instance_uid, self.version, kind),
+            "instance_number": 1,
+            "series_description": series_description,
+            "manufacturer": MANUFACTURER,
             "manufacturer_model_name": self.name,
             "software_versions": self.software_versions(),
             "device_serial_number": self.serial,
+            "contributing_equipment": [self.equipment()],
         }

@@ -20,8 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from model.heatmap import overlay_rgb
 from model.runtime import ScoreResult
 
-from . import codes, uids
-from .identity import DISCLAIMER, MANUFACTURER, NOT_FOR_DIAGNOSTIC_USE, ModelInfo
+from . import codes
+from .identity import DISCLAIMER, NOT_FOR_DIAGNOSTIC_USE, ModelInfo
 
 KIND = "sc"
 SERIES_NUMBER = 9902
@@ -80,7 +80,6 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 def build_sc(source: Dataset, result: ScoreResult, model: ModelInfo, pixels: NDArray[Any]) -> hd.sc.SCImage:
     """The capture of one scored image. ``pixels`` are the display-ready pixels that were scored
     (``DecodedImage.pixels``); ``source`` as for :func:`model.dicom_results.sr.build_sr`."""
-    source_uid = str(source.SOPInstanceUID)
     picture = burn_in(overlay(pixels, result), caption(result, model))
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -88,16 +87,9 @@ def build_sc(source: Dataset, result: ScoreResult, model: ModelInfo, pixels: NDA
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=uids.series_uid(source_uid, model.version, KIND),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(source_uid, model.version, KIND),
-        instance_number=1,
         patient_orientation=_PLACEHOLDER_ORIENTATION,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[model.equipment()],
-        series_description=SERIES_DESCRIPTION,
-        manufacturer=MANUFACTURER,
-        **model.equipment_attributes(),
+        **model.object_attributes(str(source.SOPInstanceUID), KIND, SERIES_NUMBER, SERIES_DESCRIPTION),
     )
     sc.copy_patient_and_study_information(source)
     # The picture keeps the source's row/column directions (it is scaled, never flipped).

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from model.runtime import ScoreResult
 
 from . import codes, uids
-from .identity import DISCLAIMER, MANUFACTURER, NOT_FOR_DIAGNOSTIC_USE, SOFTWARE, ModelInfo
+from .identity import DISCLAIMER, NOT_FOR_DIAGNOSTIC_USE, SOFTWARE, ModelInfo
 
 KIND = "sr"
 SERIES_NUMBER = 9901
@@ -117,24 +117,16 @@ def measurement_report(source: Dataset, result: ScoreResult, model: ModelInfo) -
 def build_sr(source: Dataset, result: ScoreResult, model: ModelInfo) -> Comprehensive3DSR:
     """The SR of one scored image. ``source`` must hold the UIDs and Type 2 patient/study attributes
     (see :func:`model.dicom_results.source.reference`)."""
-    source_uid = str(source.SOPInstanceUID)
     return Comprehensive3DSR(
         evidence=[source],
         content=measurement_report(source, result, model)[0],
-        series_instance_uid=uids.series_uid(source_uid, model.version, KIND),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=uids.instance_uid(source_uid, model.version, KIND),
-        instance_number=1,
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=SERIES_DESCRIPTION,
         coding_schemes=[
             CodingSchemeIdentificationItem(
                 designator=codes.SCHEME, name=codes.SCHEME_NAME, responsible_organization=SOFTWARE
             )
         ],
-        contributing_equipment=[model.equipment()],
-        manufacturer=MANUFACTURER,
-        **model.equipment_attributes(),
+        **model.object_attributes(str(source.SOPInstanceUID), KIND, SERIES_NUMBER, SERIES_DESCRIPTION),
     )

@@ -7,13 +7,13 @@ PACS importer watching the folder never picks up half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
+
+from model.atomic import atomic_write_bytes
 
 MEDIA_TYPE = "application/dicom"
 
@@ -31,16 +31,6 @@ def file_name(kind: str, dataset: Dataset) -> str:
 
 def write_file(kind: str, dataset: Dataset, folder: Path) -> Path:
     """Write ``dataset`` into ``folder`` (created if needed); returns the file's path."""
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / file_name(kind, dataset)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(to_bytes(dataset))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, to_bytes(dataset))
     return target

@@ -10,12 +10,11 @@ has exactly one row, and writes ``instances.csv``, ``instances.jsonl``, ``studie
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from model.atomic import atomic_write_bytes
 from service.jobs.rows import (
     INSTANCE_COLUMNS,
     STUDY_COLUMNS,
@@ -41,17 +40,7 @@ RESULT_FILES: dict[tuple[str, str], str] = {
 
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` so readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass(frozen=True)
