@@ -20,10 +20,11 @@ SOFTWARE = "squid-cxr"
 MANUFACTURER = "squid-cxr (open source)"
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 DISCLAIMER = (
-    "Not for diagnostic use. Research output of an unsupervised anomaly detector (SQUID) trained on "
-    "normal chest radiographs: the score says how unlike the training images this image is, not what "
-    "is wrong with it. It has not been reviewed by a physician."
+    "Research output of an unsupervised anomaly detector (SQUID) trained on normal chest radiographs: "
+    "the score says how unlike the training images this image is, not what is wrong with it. "
+    "No physician has reviewed it."
 )
+LO = 64  # the longest Long String value (Manufacturer's Model Name, Software Versions...)
 
 
 def software_version() -> str:
@@ -53,14 +54,14 @@ class ModelInfo:
         return self.weights_sha256[:16]
 
     def software_versions(self) -> list[str]:
-        return [f"{SOFTWARE} {software_version()}", f"{self.name} {self.version}"]
+        return [f"{SOFTWARE} {software_version()}"[:LO], f"{self.name} {self.version}"[:LO]]
 
     def equipment(self) -> hd.ContributingEquipment:
         """The Contributing Equipment item naming this software and model as processing equipment."""
         return hd.ContributingEquipment(
             manufacturer=MANUFACTURER,
             purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-            manufacturer_model_name=self.name,
+            manufacturer_model_name=self.name[:LO],
             software_versions=self.software_versions(),
             device_serial_number=self.serial,
             contribution_description=(
@@ -81,7 +82,7 @@ class ModelInfo:
             "instance_number": 1,
             "series_description": series_description,
             "manufacturer": MANUFACTURER,
-            "manufacturer_model_name": self.name,
+            "manufacturer_model_name": self.name[:LO],
             "software_versions": self.software_versions(),
             "device_serial_number": self.serial,
             "contributing_equipment": [self.equipment()],

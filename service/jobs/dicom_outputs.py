@@ -66,23 +66,29 @@ def write_chunk(
 def _objects(
     root: Path, path: str, result: ScoreResult, model: ModelInfo, job_dir: Path, max_pixels: int
 ) -> list[dict[str, Any]]:
+    """The records of one file. A source that cannot be read or built gets a reason; a results folder
+    that cannot be written raises, so the chunk is retried instead of silently losing objects."""
     try:
         data = resolve_inside(root, path).read_bytes()
+    except OSError as exc:  # the message would quote the path; the code says enough
+        return [_row(path, "", reason=Reason.UNREADABLE, detail=exc.strerror or type(exc).__name__)]
+    try:
         decoded = read_image(data, max_pixels=max_pixels)
         if decoded.info.format != "dicom":
             return []
         built = build_for_upload(data, decoded, result, model)
-        written = [(obj, obj.write(job_dir / FOLDER)) for obj in built]
-    except NotBuilt as exc:
+    except (NotBuilt, ImageRejected) as exc:  # ImageRejected: the file changed since it was scored
         return [_row(path, "", reason=exc.reason, detail=exc.detail)]
-    except ImageRejected as exc:  # the file changed since it was scored
-        return [_row(path, "", reason=exc.reason, detail=exc.detail)]
-    except OSError as exc:
-        return [_row(path, "", reason=Reason.UNREADABLE, detail=exc.strerror or type(exc).__name__)]
     source_uid = decoded.info.sop_instance_uid or ""
     return [
-        _row(path, source_uid, obj.kind, obj.sop_instance_uid, file.relative_to(job_dir).as_posix())
-        for obj, file in written
+        _row(
+            path,
+            source_uid,
+            obj.kind,
+            obj.sop_instance_uid,
+            obj.write(job_dir / FOLDER).relative_to(job_dir).as_posix(),
+        )
+        for obj in built
     ]
 
 
