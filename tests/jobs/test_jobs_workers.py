@@ -58,7 +58,10 @@ def stack(pacs_source: tuple[Path, Expected], tmp_path_factory: pytest.TempPathF
     tmp = tmp_path_factory.mktemp("jobs")
     source, expected = pacs_source
     redis_server = RedisServer(tmp / "redis", persistent=True).start()
-    env = job_env(tmp, redis_server.url, SQUID_MAX_ZIP_MB="1")
+    # No fault is injected here: generous limits, so a loaded machine cannot kill a slow chunk (a chunk
+    # with DICOM results decodes its files twice and builds two objects per file).
+    limits = {"SQUID_TASK_TIME_LIMIT_S": "120", "SQUID_VISIBILITY_TIMEOUT_S": "150"}
+    env = job_env(tmp, redis_server.url, SQUID_MAX_ZIP_MB="1", **limits)
     import_root = Path(env["SQUID_IMPORT_ROOT"])
     shutil.copytree(source, import_root / "site" / "night1", symlinks=True)
     worker = start_worker(env, tmp / "worker.log")

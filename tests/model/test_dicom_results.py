@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -263,3 +265,14 @@ def test_every_real_dicom_file_gives_valid_objects_or_a_clear_reason(
         built.append(name)
     assert refused == {"wg04/JPLY/RG2_JPLY.dcm": "undecodable", "wg04/JPLY/RG3_JPLY.dcm": "undecodable"}
     assert len(built) == 19 and "fo-dicom/CR-MONO1-10-chest.dcm" in built
+
+
+def test_the_builders_import_neither_torch_nor_the_service() -> None:
+    """The CLI scores without importing service/, and a DICOM node reuses these builders."""
+    code = (
+        "import sys, model.dicom_results\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'service', 'training', 'fastapi')]\n"
+        "assert not bad, bad\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
