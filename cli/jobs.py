@@ -34,6 +34,14 @@ def batch(
         bool, typer.Option(help="Reuse scores of files already scored with this model.")
     ] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dicom_out: Annotated[
+        bool,
+        typer.Option(
+            "--dicom-out",
+            help="Also write a DICOM SR and secondary capture of each scored DICOM file into OUT/dicom/, "
+            "listed in OUT/dicom_outputs.csv (scores every file: maps are not kept for resuming).",
+        ),
+    ] = False,
 ) -> None:
     """Score every chest X-ray under FOLDER: in-process without a broker, else on the workers."""
     from service.settings import get_settings
@@ -44,12 +52,14 @@ def batch(
     if not folder.is_dir():
         raise _fail(f"not a folder: {folder}")
     if settings.broker_url and not in_process:
-        _batch_on_workers(folder, out, settings, progress)
+        _batch_on_workers(folder, out, settings, progress, dicom_out)
     else:
-        _batch_in_process(folder, out, settings, resume, progress)
+        _batch_in_process(folder, out, settings, resume, progress, dicom_out)
 
 
-def _batch_in_process(folder: Path, out: Path, settings: Settings, resume: bool, progress: bool) -> None:
+def _batch_in_process(
+    folder: Path, out: Path, settings: Settings, resume: bool, progress: bool, dicom_out: bool
+) -> None:
     from tqdm import tqdm
 
     from service.jobs.inprocess import run_inprocess
@@ -65,7 +75,13 @@ def _batch_in_process(folder: Path, out: Path, settings: Settings, resume: bool,
 
     try:
         summary = run_inprocess(
-            folder, out, settings, resume=resume, on_progress=on_progress, on_total=on_total
+            folder,
+            out,
+            settings,
+            resume=resume,
+            on_progress=on_progress,
+            on_total=on_total,
+            dicom_out=dicom_out,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -79,17 +95,20 @@ def _batch_in_process(folder: Path, out: Path, settings: Settings, resume: bool,
         f"{summary.total} files in {summary.seconds:.1f} s ({summary.files_per_s:.1f} files/s): "
         f"scored {scored} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
         f"failed {counts['failed']}; {summary.published.studies} studies; results in {out}"
+        + (f"; {summary.dicom_objects} DICOM objects" if summary.dicom_objects is not None else "")
     )
 
 
-def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: bool) -> None:
+def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: bool, dicom_out: bool) -> None:
     from tqdm import tqdm
 
     from service.jobs.manager import JobError, JobManager
 
     try:
         manager = JobManager(settings)
-        view = manager.submit_folder(folder.resolve(), str(folder), check_import_root=False)
+        view = manager.submit_folder(
+            folder.resolve(), str(folder), check_import_root=False, dicom_out=dicom_out
+        )
     except JobError as exc:
         raise _fail(f"{exc.reason}: {exc.detail}") from exc
     typer.echo(f"job {view.id} submitted to queue {settings.queue}", err=True)

@@ -184,12 +184,16 @@ def score(
     threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold.")] = None,
     heatmap: Annotated[Path | None, typer.Option(help="Folder for heatmap overlay PNGs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    dicom_out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for a DICOM SR and secondary capture of each DICOM input (PACS results)."),
+    ] = None,
 ) -> None:
     """Score X-rays: one line per file with score, label and threshold."""
     from cli.scoring import score_files
 
     try:
-        failures = score_files(files, model, threshold, heatmap, as_json)
+        failures = score_files(files, model, threshold, heatmap, as_json, dicom_out)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if failures:

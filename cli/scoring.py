@@ -8,25 +8,33 @@ from typing import Any
 
 import typer
 
+from model.dicom_results import ModelInfo, NotBuilt, write_for_upload
 from model.heatmap import overlay_png
-from model.imaging import ImageRejected
-from model.runtime import SquidRuntime
+from model.imaging import DecodedImage, ImageRejected
+from model.runtime import ScoreResult, SquidRuntime
 from service.pipeline import Prepared, infer, prepare
 from service.settings import get_settings
 
 
 def score_files(
-    files: list[Path], model: Path | None, threshold: float | None, heatmap: Path | None, as_json: bool
+    files: list[Path],
+    model: Path | None,
+    threshold: float | None,
+    heatmap: Path | None,
+    as_json: bool,
+    dicom_out: Path | None = None,
 ) -> int:
     """Print one line per file; return how many could not be scored."""
     settings = get_settings()
     runtime = SquidRuntime(model or settings.model_path, threshold=threshold)
     if heatmap:
         heatmap.mkdir(parents=True, exist_ok=True)
+    model_info = ModelInfo.from_metadata(runtime.metadata)
     failures = 0
     for path in files:
         try:
-            item: Prepared = prepare(path.read_bytes(), runtime.input_size, settings.max_pixels)
+            data = path.read_bytes()
+            item: Prepared = prepare(data, runtime.input_size, settings.max_pixels)
         except (ImageRejected, OSError) as exc:
             failures += 1
             reason = exc.reason if isinstance(exc, ImageRejected) else "unreadable"
@@ -49,8 +57,24 @@ def score_files(
             target = heatmap / f"{path.stem}.heatmap.png"
             target.write_bytes(overlay_png(item.decoded.pixels, result.anomaly_map))
             row["heatmap"] = str(target)
+        if dicom_out:
+            row.update(dicom_fields(data, item.decoded, result, model_info, dicom_out))
         if as_json:
             typer.echo(json.dumps(row))
         else:
-            typer.echo(f"{path}\tscore={result.score:.4f}\t{label}\tthreshold={result.threshold:.4f}")
+            line = f"{path}\tscore={result.score:.4f}\t{label}\tthreshold={result.threshold:.4f}"
+            typer.echo(line + "".join(f"\t{kind}={file}" for kind, file in row.get("dicom", {}).items()))
+            if "dicom_skipped" in row:
+                typer.echo(f"{path}\tno DICOM results\t{row['dicom_skipped']['reason']}", err=True)
     return failures
+
+
+def dicom_fields(
+    data: bytes, decoded: DecodedImage, result: ScoreResult, model: ModelInfo, folder: Path
+) -> dict[str, Any]:
+    """``--dicom-out``: the written SR and SC, or why a scored file has none (PNG/JPEG, no UIDs...)."""
+    try:
+        written = write_for_upload(data, decoded, result, model, folder)
+    except NotBuilt as exc:
+        return {"dicom_skipped": {"reason": exc.reason, "detail": exc.detail}}
+    return {"dicom": {kind: str(file) for kind, file in written.items()}}

@@ -1,4 +1,4 @@
-"""Render an anomaly map as a colour overlay on the X-ray, as PNG bytes (numpy + Pillow only)."""
+"""Render an anomaly map as a colour overlay on the X-ray: RGB pixels or PNG bytes (numpy + Pillow)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,22 @@ def overlay_png(
     max_side: int = 512,
     vmax: float | None = None,
 ) -> bytes:
-    """The X-ray in gray with the anomaly map blended on top, at up to ``max_side`` pixels.
+    """:func:`overlay_rgb` as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(overlay_rgb(image, anomaly_map, alpha, max_side, vmax)).save(
+        buffer, format="PNG", optimize=True
+    )
+    return buffer.getvalue()
+
+
+def overlay_rgb(
+    image: NDArray[Any],
+    anomaly_map: NDArray[np.float32],
+    alpha: float = 0.45,
+    max_side: int = 512,
+    vmax: float | None = None,
+) -> NDArray[np.uint8]:
+    """The X-ray in gray with the anomaly map blended on top, at up to ``max_side`` pixels (RGB).
 
     The map is normalised by ``vmax`` (default: its own maximum) so the hottest region is always
     visible; absolute levels are in the score, not in the picture.
@@ -59,6 +74,4 @@ def overlay_png(
     coloured = colourise(np.asarray(heat_img))
     base_rgb = np.repeat(np.asarray(base)[..., None], 3, axis=2).astype(np.float32)
     blended = (1 - alpha) * base_rgb + alpha * coloured.astype(np.float32)
-    buffer = io.BytesIO()
-    Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+    return blended.clip(0, 255).astype(np.uint8)

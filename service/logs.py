@@ -65,6 +65,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": True},
             # Third-party decoders may quote header values in their warnings: keep them quiet.
             "pydicom": {"level": "ERROR"},
+            "highdicom": {"level": "ERROR"},
             "PIL": {"level": "WARNING"},
             "multipart": {"level": "WARNING"},
             "python_multipart": {"level": "WARNING"},

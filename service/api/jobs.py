@@ -35,6 +35,10 @@ from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["jobs"])
 
+DICOM_OUT_HELP = (
+    "Also write a DICOM SR and secondary capture of every scored DICOM file into the results folder "
+    "(dicom/), indexed by dicom_outputs.csv (GET /jobs/{id}/results?level=dicom)."
+)
 ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream"})
 MAX_JSON_BYTES = 64 * 1024
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
@@ -43,6 +47,7 @@ _managers: dict[str, JobManager] = {}
 
 class JobPathRequest(BaseModel):
     path: str = Field(description="Folder inside SQUID_IMPORT_ROOT: relative to it, or absolute.")
+    dicom_out: bool = Field(False, description=DICOM_OUT_HELP)
 
 
 class JobFailure(BaseModel):
@@ -76,6 +81,7 @@ class JobOut(BaseModel):
     stage_ms_per_file: dict[str, float] = Field(
         description="Worker time per file by stage (read, decode, preprocess, inference, write), in ms."
     )
+    dicom_out: bool = Field(description="Whether the job writes DICOM SR and secondary capture results.")
     results: dict[str, str] | None = Field(description="Result URLs once the job succeeded.")
 
 
@@ -111,9 +117,10 @@ def _out(view: JobView, request: Request) -> JobOut:
     results = None
     if view.state == "succeeded":
         base = str(request.url_for("job_results", job_id=view.id))
+        levels = ("instance", "study", "dicom") if view.dicom_out else ("instance", "study")
         results = {
             f"{level}_{fmt}": f"{base}?format={fmt}&level={level}"
-            for level in ("instance", "study")
+            for level in levels
             for fmt in ("csv", "jsonl")
         }
     data = {name: getattr(view, name) for name in JobOut.model_fields if name != "results"}
@@ -151,9 +158,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut, openapi_extra=_POST_BODY, responses=_ERRORS)
-async def create_job(request: Request, response: Response, settings: SettingsDep) -> Response | JobOut:
+async def create_job(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    dicom_out: Annotated[bool, Query(description=DICOM_OUT_HELP)] = False,
+) -> Response | JobOut:
     """Start a job over a folder inside the import root (JSON ``{"path": ...}``) or an uploaded zip
-    (raw ``application/zip`` body or multipart field ``file``).
+    (raw ``application/zip`` body or multipart field ``file``); ``dicom_out`` (query, or JSON field)
+    adds DICOM SR and secondary capture results.
 
     Returns at once (202, ``Location: /jobs/{id}``); a worker walks the tree and scores it in chunks.
     """
@@ -168,9 +181,9 @@ async def create_job(request: Request, response: Response, settings: SettingsDep
                 body = JobPathRequest.model_validate(json.loads(raw))
             except ValueError:
                 return error_response(422, INVALID_REQUEST, 'expected a JSON object {"path": "<folder>"}')
-            view = await anyio.to_thread.run_sync(manager.submit_path, body.path)
+            view = await anyio.to_thread.run_sync(manager.submit_path, body.path, body.dicom_out or dicom_out)
         elif content_type in ZIP_TYPES or content_type == "multipart/form-data":
-            view = await _submit_upload(request, manager, content_type)
+            view = await _submit_upload(request, manager, content_type, dicom_out)
         else:
             return error_response(
                 415, UNSUPPORTED_MEDIA_TYPE, 'send JSON {"path": ...}, a zip body or a multipart field "file"'
@@ -194,7 +207,9 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
         yield chunk
 
 
-async def _submit_upload(request: Request, manager: JobManager, content_type: str) -> JobView:
+async def _submit_upload(
+    request: Request, manager: JobManager, content_type: str, dicom_out: bool = False
+) -> JobView:
     settings = manager.settings
     limit = int(settings.max_zip_mb * (1 << 20))
     declared = request.headers.get("content-length")
@@ -211,7 +226,7 @@ async def _submit_upload(request: Request, manager: JobManager, content_type: st
                     sink.write(chunk)
         extract_limit = int(settings.max_zip_extract_mb * (1 << 20))
         await anyio.to_thread.run_sync(check_archive, target, extract_limit)
-        return await anyio.to_thread.run_sync(manager.submit_zip, job_id, job_dir)
+        return await anyio.to_thread.run_sync(manager.submit_zip, job_id, job_dir, dicom_out)
     except BaseException:
         remove_tree(job_dir)
         raise
@@ -247,9 +262,13 @@ def get_results(
     job_id: str,
     settings: SettingsDep,
     format: Annotated[Literal["csv", "jsonl"], Query(description="csv or jsonl")] = "csv",
-    level: Annotated[Literal["instance", "study"], Query(description="instance or study rows")] = "instance",
+    level: Annotated[
+        Literal["instance", "study", "dicom"],
+        Query(description="instance or study rows, or dicom (the DICOM objects of a dicom_out job)"),
+    ] = "instance",
 ) -> Response:
-    """The result file: one row per file (``instance``) or per study, as CSV or JSON Lines."""
+    """The result file: one row per file (``instance``), per study, or per DICOM result object, as CSV
+    or JSON Lines."""
     manager = _manager_or_error(settings)
     if isinstance(manager, JSONResponse):
         return manager

@@ -6,12 +6,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from model.imaging import ImageInfo, ImageRejected
 from service import metrics
+from service.api.dicom_output import OUTPUT_HELP, RESPONSES, Output, check_input, dicom_response
 from service.batching import BatcherClosedError
 from service.deps import StateDep
 from service.errors import ERROR_SCHEMA, NOT_READY, ApiError, rejection_response
@@ -85,9 +86,11 @@ REQUEST_BODY = {
         415: _error("unsupported_format: neither DICOM, PNG nor JPEG (by content), or another Content-Type"),
         422: _error(
             "missing_file, no_pixel_data, unsupported_modality, lateral_view, not_chest, undecodable, "
-            "image_too_large, empty_image"
+            "image_too_large, empty_image; with ?output=sr|sc: dicom_output_needs_dicom_input, "
+            "source_missing_uids, dicom_output_failed"
         ),
         503: _error("not_ready: the model is still loading"),
+        **RESPONSES,
     },
 )
 async def score(
@@ -95,7 +98,8 @@ async def score(
     state: StateDep,
     heatmap: bool = Query(False, description="Add the anomaly-map overlay as a base64 PNG."),
     preview: bool = Query(False, description="Add the decoded input (what the model saw) as a base64 PNG."),
-) -> JSONResponse:
+    output: Output = Query("json", description=OUTPUT_HELP),
+) -> Response:
     """Multipart field ``file`` or a raw ``application/dicom`` / ``image/png`` / ``image/jpeg`` body;
     the format is detected from the content. DICOM UIDs are echoed, patient identifiers never are."""
     runtime, batcher = state.ready_parts()
@@ -112,6 +116,7 @@ async def score(
         metrics.REJECTIONS.labels(exc.reason).inc()
         log.info("rejected", extra={"reason": exc.reason, "status": exc.status, "detail": exc.detail})
         return rejection_response(exc)
+    check_input(output, prepared.decoded)
     info = prepared.decoded.info
     metrics.DECODE_SECONDS.labels(info.format).observe(prepared.timing_ms["decode"] / 1e3)
     metrics.PREPROCESS_SECONDS.observe(prepared.timing_ms["preprocess"] / 1e3)
@@ -145,4 +150,6 @@ async def score(
             "timing_ms": payload["timing_ms"],
         },
     )
+    if output != "json":
+        return await run_in_threadpool(dicom_response, output, upload.data, prepared.decoded, result, runtime)
     return JSONResponse(payload)

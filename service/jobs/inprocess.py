@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.runtime import SquidRuntime
+from service.jobs import dicom_outputs
 from service.jobs.cache import NullCache, ScoreCache, SqliteScoreCache
 from service.jobs.chunking import make_chunks
 from service.jobs.results import Published, ResultStore
@@ -34,6 +35,7 @@ class BatchSummary:
     seconds: float
     timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     walk_seconds: float = 0.0
+    dicom_objects: int | None = None  # with dicom_out: SR and SC files written
 
     @property
     def files_per_s(self) -> float:
@@ -49,8 +51,14 @@ def run_inprocess(
     resume: bool = True,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    dicom_out: bool = False,
 ) -> BatchSummary:
-    """Score every file under ``folder`` into ``out``; ``on_progress(n)`` after each chunk of n files."""
+    """Score every file under ``folder`` into ``out``; ``on_progress(n)`` after each chunk of n files.
+
+    ``dicom_out`` also writes the SR and SC of every DICOM file (:mod:`service.jobs.dicom_outputs`);
+    the objects need each file's anomaly map, which the resume cache does not keep, so it scores
+    every file again.
+    """
     rt = runtime or SquidRuntime(
         settings.model_path,
         providers=settings.providers,
@@ -69,8 +77,12 @@ def run_inprocess(
     store = ResultStore(out)
     shutil.rmtree(store.chunks, ignore_errors=True)  # rows of an earlier run are not this run's rows
     store.write_manifest(root, chunks, {"chunk_size": settings.chunk_size})
+    if dicom_out:
+        dicom_outputs.reset(out)
     cache: ScoreCache = (
-        SqliteScoreCache(store.work / "cache.sqlite3", model_namespace(rt)) if resume else NullCache()
+        SqliteScoreCache(store.work / "cache.sqlite3", model_namespace(rt))
+        if resume and not dicom_out
+        else NullCache()
     )
     counts: Counter[str] = Counter()
     timing = dict.fromkeys(STAGES, 0.0)
@@ -78,6 +90,8 @@ def run_inprocess(
         for index, chunk in enumerate(chunks):
             outcome = score_entries(rt, root, chunk, cache=cache, max_pixels=settings.max_pixels)
             write_started = time.perf_counter()
+            if dicom_out:
+                dicom_outputs.write_chunk(rt, root, outcome.results, out, index, settings.max_pixels)
             store.write_chunk(index, outcome.rows)
             outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
             counts.update(outcome.summary())
@@ -90,6 +104,7 @@ def run_inprocess(
             cache.close()
     publish_started = time.perf_counter()
     published = store.publish([entry.path for entry in entries])
+    objects = dicom_outputs.publish(out) if dicom_out and not published.missing else None
     timing["write"] += (time.perf_counter() - publish_started) * 1e3
     return BatchSummary(
         total=len(entries),
@@ -98,4 +113,5 @@ def run_inprocess(
         seconds=time.perf_counter() - started,
         timing_ms=timing,
         walk_seconds=walked - started,
+        dicom_objects=objects,
     )

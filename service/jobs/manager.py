@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from service.jobs import dicom_outputs
 from service.jobs.celery_config import PLAN_TASK, make_celery
 from service.jobs.results import Format, Level, ResultStore
 from service.jobs.state import (
@@ -75,6 +76,7 @@ class JobView:
     threshold: float | None
     error: dict[str, str] | None
     stage_ms_per_file: dict[str, float]
+    dicom_out: bool = False
 
     @property
     def finished(self) -> bool:
@@ -141,26 +143,45 @@ class JobManager:
         job_dir.mkdir(parents=True)
         return job_id, job_dir
 
-    def submit_folder(self, folder: Path, label: str, *, check_import_root: bool) -> JobView:
-        """A job over ``folder`` (already resolved; checked against the import root by the caller)."""
-        job_id, job_dir = self.new_job()
-        return self._submit(job_id, job_dir, "path", label, folder, check_import_root)
+    def submit_folder(
+        self, folder: Path, label: str, *, check_import_root: bool, dicom_out: bool = False
+    ) -> JobView:
+        """A job over ``folder`` (already resolved; checked against the import root by the caller).
 
-    def submit_path(self, raw: str) -> JobView:
+        ``dicom_out``: also write the SR and SC of every scored DICOM file into the results folder.
+        """
+        job_id, job_dir = self.new_job()
+        return self._submit(job_id, job_dir, "path", label, folder, check_import_root, dicom_out)
+
+    def submit_path(self, raw: str, dicom_out: bool = False) -> JobView:
         folder = resolve_job_path(raw, self.settings.import_root)
         root = self.settings.import_root.resolve() if self.settings.import_root else folder
         label = folder.relative_to(root).as_posix() if folder != root else "."
-        return self.submit_folder(folder, label, check_import_root=True)
+        return self.submit_folder(folder, label, check_import_root=True, dicom_out=dicom_out)
 
-    def submit_zip(self, job_id: str, job_dir: Path) -> JobView:
+    def submit_zip(self, job_id: str, job_dir: Path, dicom_out: bool = False) -> JobView:
         """A job over ``job_dir/upload.zip`` (already written and checked by the caller)."""
-        return self._submit(job_id, job_dir, "zip", "upload.zip", job_dir / "input", False)
+        return self._submit(job_id, job_dir, "zip", "upload.zip", job_dir / "input", False, dicom_out)
 
     def _submit(
-        self, job_id: str, job_dir: Path, source: str, label: str, root: Path, check_import_root: bool
+        self,
+        job_id: str,
+        job_dir: Path,
+        source: str,
+        label: str,
+        root: Path,
+        check_import_root: bool,
+        dicom_out: bool = False,
     ) -> JobView:
         created = now_iso()
-        record = {"id": job_id, "state": QUEUED, "source": source, "label": label, "created_at": created}
+        record = {
+            "id": job_id,
+            "state": QUEUED,
+            "source": source,
+            "label": label,
+            "created_at": created,
+            "dicom_out": "1" if dicom_out else "0",
+        }
         write_record(job_dir, record)
         try:
             self.state.create(
@@ -242,6 +263,8 @@ class JobManager:
         for level, fmt in (("instance", "csv"), ("instance", "jsonl"), ("study", "csv"), ("study", "jsonl")):
             source = self.result_file(job_id, level, fmt)  # type: ignore[arg-type]
             copied.append(Path(shutil.copy2(source, out / source.name)))
+        if self.get(job_id).dicom_out:
+            copied += dicom_outputs.copy_published(self.job_dir(job_id), out)
         return copied
 
 
@@ -275,5 +298,6 @@ def _view(data: dict[str, Any], progress: dict[str, Any]) -> JobView:
         stage_ms_per_file={k: round(v / done, 3) for k, v in (progress.get("stage_ms") or {}).items()}
         if done
         else {},
+        dicom_out=str(data.get("dicom_out", "")) == "1",
         **counts,
     )

@@ -10,12 +10,11 @@ has exactly one row, and writes ``instances.csv``, ``instances.jsonl``, ``studie
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from model.atomic import atomic_write_bytes
 from service.jobs.rows import (
     INSTANCE_COLUMNS,
     STUDY_COLUMNS,
@@ -27,29 +26,21 @@ from service.jobs.rows import (
 )
 from service.jobs.walker import FileEntry
 
-Level = Literal["instance", "study"]
+Level = Literal["instance", "study", "dicom"]
 Format = Literal["csv", "jsonl"]
 RESULT_FILES: dict[tuple[str, str], str] = {
     ("instance", "csv"): "instances.csv",
     ("instance", "jsonl"): "instances.jsonl",
     ("study", "csv"): "studies.csv",
     ("study", "jsonl"): "studies.jsonl",
+    ("dicom", "csv"): "dicom_outputs.csv",  # jobs with dicom_out (service.jobs.dicom_outputs)
+    ("dicom", "jsonl"): "dicom_outputs.jsonl",
 }
 
 
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` so readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom import dcmread
 
 from model.imaging import ImageRejected
-from model.runtime import SquidRuntime
+from model.runtime import ScoreResult, SquidRuntime
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
@@ -46,6 +46,7 @@ class ChunkOutcome:
     """Rows in entry order, counts by outcome, and summed per-stage times (ms).
 
     ``counts["scored"]`` excludes ``counts["resumed"]`` (scores taken from the resume cache).
+    ``results`` holds the full result (anomaly map included) of each file scored fresh, by path.
     """
 
     rows: list[Row]
@@ -53,6 +54,7 @@ class ChunkOutcome:
     reasons: Counter[tuple[str, str]] = field(default_factory=Counter)
     timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     inference_batch: int = 0
+    results: dict[str, ScoreResult] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
         return {key: int(self.counts.get(key, 0)) for key in ("scored", "resumed", "skipped", "failed")}
@@ -102,6 +104,7 @@ def score_entries(
             for p, res in zip(pending, results, strict=True):
                 uids = _uids(p.item)
                 rows[p.index] = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                outcome.results[p.entry.path] = res
                 fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
             try:
                 cache.put_many(fresh)

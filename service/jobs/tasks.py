@@ -24,9 +24,9 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from model.runtime import SquidRuntime
 from service import metrics as score_metrics
-from service.jobs import metrics
+from service.jobs import dicom_outputs, metrics
 from service.jobs.archive import ArchiveError, extract_archive, remove_tree
-from service.jobs.cache import RedisScoreCache
+from service.jobs.cache import NullCache, RedisScoreCache, ScoreCache
 from service.jobs.celery_app import CHUNK_TASK, FINALIZE_TASK, PLAN_TASK, app
 from service.jobs.chunking import make_chunks
 from service.jobs.results import ResultStore
@@ -285,9 +285,16 @@ def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
         rt = runtime()
         if model_namespace(rt) != job.get("model_namespace"):
             return _model_mismatch(task, job, entries, store, index, attempts, cfg)
-        cache = RedisScoreCache(state.client, cfg.key_prefix, model_namespace(rt))
+        dicom = job.get("dicom_out") == "1"  # maps are not cached: DICOM results need a fresh score
+        cache: ScoreCache = (
+            NullCache() if dicom else RedisScoreCache(state.client, cfg.key_prefix, model_namespace(rt))
+        )
         outcome = score_entries(rt, Path(payload["root"]), entries, cache=cache, max_pixels=cfg.max_pixels)
         write_started = time.perf_counter()
+        if dicom:
+            dicom_outputs.write_chunk(
+                rt, Path(payload["root"]), outcome.results, store.job_dir, index, cfg.max_pixels
+            )
         store.write_chunk(index, outcome.rows)
         outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
         _observe(outcome)
@@ -373,6 +380,8 @@ def _finalize(job_id: str) -> str:
         detail = f"{len(published.missing)} of {len(expected)} files have no result row"
         _fail_job(job_id, job, "missing_results", detail)
         return "failed"
+    if job.get("dicom_out") == "1":
+        dicom_outputs.publish(store.job_dir)
     if state.finish(job_id, SUCCEEDED, _ttl_s()):
         metrics.JOBS_FINISHED.labels(SUCCEEDED).inc()
         _write_final_record(job_id, Path(job["job_dir"]))

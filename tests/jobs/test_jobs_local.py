@@ -217,3 +217,37 @@ def test_batch_side_never_imports_torch_or_training() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_in_process_dicom_out_writes_objects_and_reasons_and_replaces_them(tmp_path: Path) -> None:
+    from dicom_factory import make_dicom
+    from pydicom import dcmread
+
+    from model.dicom_results import Skip
+    from tests.service.http_support import REPO_ROOT, chest_like
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sample = REPO_ROOT / "samples" / "normal-IM-0243-0001-MONOCHROME1.dcm"
+    (folder / "sample.dcm").write_bytes(sample.read_bytes())
+    (folder / "sample.jpeg").write_bytes((REPO_ROOT / "samples" / "normal-IM-0243-0001.jpeg").read_bytes())
+    (folder / "nostudy.dcm").write_bytes(make_dicom(chest_like(), extra={"StudyInstanceUID": ""}))
+    out = tmp_path / "out"
+    settings = Settings(chunk_size=2)
+    first = run_inprocess(folder, out, settings, dicom_out=True)
+    assert first.counts["scored"] == 3 and first.dicom_objects == 2
+    index = (out / "dicom_outputs.csv").read_text()
+    rows = list(csv.DictReader(io.StringIO(index)))
+    assert [(row["path"], row["kind"], row["reason"]) for row in rows] == [
+        ("nostudy.dcm", "", Skip.MISSING_UIDS),
+        ("sample.dcm", "sc", ""),
+        ("sample.dcm", "sr", ""),
+    ]
+    source_uid = str(dcmread(sample, stop_before_pixels=True).SOPInstanceUID)
+    for row in rows[1:]:
+        assert row["source_sop_instance_uid"] == source_uid
+        assert dcmread(out / row["file"]).SOPInstanceUID == row["sop_instance_uid"]
+    objects = sorted((out / "dicom").iterdir())
+    again = run_inprocess(folder, out, settings, dicom_out=True)
+    assert again.counts["resumed"] == 0, "DICOM results need the maps: every file is scored again"
+    assert (out / "dicom_outputs.csv").read_text() == index and sorted((out / "dicom").iterdir()) == objects

@@ -17,7 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from dicom_results_support import dciodvfy_errors, requires_dciodvfy, sr_content
+from pydicom import dcmread
 
+from model.dicom_results import codes as sr_codes
 from tests.jobs.jobs_support import (
     JOB_TIMEOUT_S,
     Api,
@@ -55,7 +58,10 @@ def stack(pacs_source: tuple[Path, Expected], tmp_path_factory: pytest.TempPathF
     tmp = tmp_path_factory.mktemp("jobs")
     source, expected = pacs_source
     redis_server = RedisServer(tmp / "redis", persistent=True).start()
-    env = job_env(tmp, redis_server.url, SQUID_MAX_ZIP_MB="1")
+    # No fault is injected here: generous limits, so a loaded machine cannot kill a slow chunk (a chunk
+    # with DICOM results decodes its files twice and builds two objects per file).
+    limits = {"SQUID_TASK_TIME_LIMIT_S": "120", "SQUID_VISIBILITY_TIMEOUT_S": "150"}
+    env = job_env(tmp, redis_server.url, SQUID_MAX_ZIP_MB="1", **limits)
     import_root = Path(env["SQUID_IMPORT_ROOT"])
     shutil.copytree(source, import_root / "site" / "night1", symlinks=True)
     worker = start_worker(env, tmp / "worker.log")
@@ -150,6 +156,51 @@ def test_http_job_scores_every_file_of_a_pacs_export(stack: Stack) -> None:
 
     everything = csv_response.text + stack.worker.logs() + stack.api.logs()
     assert not [s for s in SENTINELS if s in everything], "a patient identifier leaked"
+
+
+@requires_dciodvfy
+def test_dicom_out_job_files_an_sr_and_sc_for_every_scored_dicom(stack: Stack) -> None:
+    response = stack.http.post("/jobs", json={"path": "site/night1", "dicom_out": True})
+    assert response.status_code == 202, response.text
+    final = wait_job(stack.http, response.json()["id"])
+    assert final["state"] == "succeeded" and final["dicom_out"] is True, final
+    assert "dicom_csv" in final["results"]
+    index = results(stack.http, final["id"], "csv", "dicom").text
+    rows = list(csv.DictReader(io.StringIO(index)))
+    instances = list(csv.DictReader(io.StringIO(results(stack.http, final["id"], "csv", "instance").text)))
+    scored = {row["path"]: row for row in instances if row["status"] == "scored" and row["sop_instance_uid"]}
+    assert len(scored) == 8  # RLE, JPEG 2000, JPEG-LS, MONOCHROME1, no File Meta, JPEG baseline SC...
+    assert sorted((row["path"], row["kind"], row["reason"]) for row in rows) == sorted(
+        (path, kind, "") for path in scored for kind in ("sr", "sc")
+    )
+    job_dir = Path(stack.env["SQUID_RESULTS_DIR"]) / final["id"]
+    for row in rows:
+        source = scored[row["path"]]
+        path = job_dir / row["file"]
+        assert dciodvfy_errors(path) == [], row
+        ds = dcmread(path)
+        assert ds.SOPInstanceUID == row["sop_instance_uid"]
+        assert ds.StudyInstanceUID == source["study_instance_uid"]
+        assert row["source_sop_instance_uid"] == source["sop_instance_uid"]
+        if row["kind"] == "sr":
+            content = sr_content(ds)
+            assert f"{content.numbers[sr_codes.ANOMALY_SCORE.value]:.6f}" == source["score"]
+            assert [uid for _, uid in content.images] == [source["sop_instance_uid"]]
+    everything = index + stack.worker.logs() + stack.api.logs()
+    assert not [s for s in SENTINELS if s in everything], "a patient identifier leaked"
+
+    # squid batch --dicom-out, in-process and through the workers: the same objects, the same UIDs.
+    folder = stack.import_root / "site" / "night1"
+    local_env = {k: v for k, v in stack.env.items() if k != "SQUID_BROKER_URL"}
+    objects = sorted(p.name for p in (job_dir / "dicom").iterdir())
+    assert len(objects) == len(rows)
+    for env, out in ((local_env, stack.tmp / "local-dicom"), (stack.env, stack.tmp / "queued-dicom")):
+        run = run_cli(env, "batch", str(folder), "--out", str(out), "--dicom-out", "--no-progress")
+        assert run.returncode == 0, run.stderr
+        assert (out / "dicom_outputs.csv").read_text() == index
+        assert sorted(p.name for p in (out / "dicom").iterdir()) == sorted(
+            p.name for p in (job_dir / "dicom").iterdir()
+        )
 
 
 def test_in_process_and_worker_results_are_identical(stack: Stack) -> None:
