@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -31,7 +30,7 @@ from typing import Any
 
 from deploy_support import COMPOSE_FILE, REPO, compose_v2
 
-from tests.net_support import free_port
+from tests.net_support import free_port, stop_process_group
 
 DOCKERFILE = REPO / "Dockerfile"
 TARGET = "cpu"
@@ -368,13 +367,8 @@ class ServiceContainer:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-tail:]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_process_group(self.process)
         subprocess.run(["buildah", "rm", self.container], capture_output=True, timeout=120, check=False)
 
 
