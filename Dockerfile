@@ -16,17 +16,22 @@ ARG ORT_GPU_VERSION=1.31.1
 
 # ---- build (CPU): a virtual environment with the service and its dependencies ---------------------
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/squid
 COPY pyproject.toml README.md LICENSE ./
 COPY model ./model
 COPY service ./service
 COPY cli ./cli
-# The train extra (torch) is never installed; a+rX because the artifact may be checked out 0600.
-RUN /opt/squid/bin/pip install . \
+COPY deploy/image ./deploy/image
+COPY samples ./samples
+# The train extra (torch) is never installed; prune-venv.sh drops what the service never loads;
+# a+rX because the artifact may be checked out 0600; selfcheck.py then proves the pruned
+# environment still serves (API, worker, DICOM decoders, the shipped model) for a non-owner user.
+RUN /opt/squid/bin/pip install --no-compile . \
+    && sh deploy/image/prune-venv.sh /opt/squid \
     && chmod -R a+rX /opt/squid \
-    && /opt/squid/bin/python -c "import service.app, model.runtime as r; assert r.default_artifact_path().is_file()"
+    && /opt/squid/bin/python deploy/image/selfcheck.py samples/*.dcm samples/*.jpeg
 
 # ---- cpu runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
@@ -52,7 +57,8 @@ CMD ["squid", "serve"]
 # ---- build (GPU): the same environment on the CUDA image's Python, onnxruntime swapped for -gpu ------
 FROM ${CUDA_IMAGE} AS build-gpu
 ARG ORT_GPU_VERSION
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
+    DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
@@ -62,12 +68,16 @@ COPY pyproject.toml README.md LICENSE ./
 COPY model ./model
 COPY service ./service
 COPY cli ./cli
-# onnxruntime and onnxruntime-gpu must never share an environment (same module name).
-RUN /opt/squid/bin/pip install . \
+COPY deploy/image ./deploy/image
+COPY samples ./samples
+# onnxruntime and onnxruntime-gpu must never share an environment (same module name). The build
+# host needs no GPU: the check asks onnxruntime for the CUDA provider, sessions fall back to CPU.
+RUN /opt/squid/bin/pip install --no-compile . \
     && /opt/squid/bin/pip uninstall -y onnxruntime \
-    && /opt/squid/bin/pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+    && /opt/squid/bin/pip install --no-compile "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+    && sh deploy/image/prune-venv.sh /opt/squid \
     && chmod -R a+rX /opt/squid \
-    && /opt/squid/bin/python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()"
+    && /opt/squid/bin/python deploy/image/selfcheck.py --provider CUDAExecutionProvider samples/*.dcm samples/*.jpeg
 
 # ---- gpu runtime (batch worker by default) ---------------------------------------------------------
 FROM ${CUDA_IMAGE} AS gpu

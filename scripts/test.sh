@@ -2,8 +2,8 @@
 # The project's test command (README step 2; CI runs it too).
 # Installs the system tools the tests drive for real when they are missing (headless Chromium,
 # Prometheus/promtool, docker-compose for static compose checks, Redis, dciodvfy from dicom3tools to
-# validate the DICOM results), makes sure Redis answers on 127.0.0.1:6379, then runs the whole suite
-# with the project's virtual environment.
+# validate the DICOM results, buildah + debootstrap to build and run the container image), makes sure
+# Redis answers on 127.0.0.1:6379, then runs the whole suite with the project's virtual environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${need[*]}"

@@ -20,7 +20,11 @@ from typing import Any
 import httpx
 import redis
 
-from tests.net_support import free_port, metric_value  # noqa: F401  (re-exported for the tests)
+from tests.net_support import (
+    free_port,
+    metric_value,  # noqa: F401  (re-exported for the tests)
+    stop_process_group,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180.0
@@ -103,14 +107,7 @@ class Worker:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
