@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from model.artifact import METADATA_KEY, SCHEMA_VERSION, ArtifactError  # noqa: E402
 from model.imaging import read_image  # noqa: E402
-from model.preprocess import preprocess  # noqa: E402
+from model.preprocess import PREPROCESSING_VERSION, preprocess  # noqa: E402
 from model.runtime import SquidRuntime  # noqa: E402
 from tests.dicom_factory import make_dicom  # noqa: E402
 from training import checkpoint as ckpt  # noqa: E402
@@ -51,7 +51,7 @@ def test_metadata_carries_everything_needed_to_score(tiny_checkpoint, tiny_artif
     assert meta["calibration"] == state.calibration
     assert meta["threshold"] == state.threshold["value"]
     assert meta["threshold_rule"] == "f1_optimal"
-    assert meta["input_size"] == 64 and meta["preprocessing"]["version"] == 1
+    assert meta["input_size"] == 64 and meta["preprocessing"]["version"] == PREPROCESSING_VERSION
     assert meta["training"]["seed"] == state.seed and meta["training"]["git_commit"]
     assert len(meta["weights_sha256"]) == 64
     assert not any(init.name.endswith(".data") for init in model.graph.initializer)
