@@ -40,6 +40,7 @@ class SquidConfig:
     # Discriminator.
     discriminator_channels: tuple[int, ...] = (16, 32, 64, 128, 128)
     score_norm: str = "instance"
+    d_input_blur: float = 0.0
     # Losses (Eq. 3.6-3.12).
     lambda_t: float = 0.01
     lambda_s: float = 10.0
@@ -62,6 +63,7 @@ class SquidConfig:
     # Training recipe beyond the thesis (measured in docs/experiments.md; defaults = the thesis).
     ema_decay: float = 0.0
     d_mixed_batches: bool = False
+    d_input_noise: float = 0.0
     d_lr_constant: bool = False
     schedule_stretch: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -219,7 +219,11 @@ class Trainer:
 
     def _judge(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D's logits on a real and a fake batch: separately (reference), or as one mixed batch so
-        that BatchNorm statistics cannot tell the two apart."""
+        that BatchNorm statistics cannot tell the two apart; ``d_input_noise`` adds instance noise
+        to both, which keeps D from separating them perfectly by imperceptible detail."""
+        if self.config.d_input_noise > 0:
+            real = real + torch.randn_like(real) * self.config.d_input_noise
+            fake = fake + torch.randn_like(fake) * self.config.d_input_noise
         if self.config.d_mixed_batches:
             logits = self.discriminator(torch.cat([real, fake]))
             return logits[: len(real)], logits[len(real) :]

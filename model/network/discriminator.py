@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import SquidConfig
@@ -10,10 +13,23 @@ from model.network.blocks import ScoreNorm2d
 
 
 class Discriminator(nn.Module):
-    """Judges whole reconstructions; its logit on Gs(E(I)) is SQUID's raw score (high = normal)."""
+    """Judges whole reconstructions; its logit on Gs(E(I)) is SQUID's raw score (high = normal).
+
+    With ``d_input_blur`` > 0 every input is first low-passed by a fixed Gaussian (part of the
+    network, so training, export and serving see the same thing): the discriminator can no longer
+    tell reconstructions from real films by their missing fine texture and has to judge anatomy.
+    """
+
+    low_pass: torch.Tensor
 
     def __init__(self, config: SquidConfig) -> None:
         super().__init__()
+        self.blur_radius = math.ceil(3 * config.d_input_blur) if config.d_input_blur > 0 else 0
+        if self.blur_radius:
+            x = torch.arange(-self.blur_radius, self.blur_radius + 1, dtype=torch.float32)
+            kernel = torch.exp(-(x**2) / (2 * config.d_input_blur**2))
+            kernel = kernel / kernel.sum()
+            self.register_buffer("low_pass", (kernel[:, None] * kernel[None, :])[None, None])
         layers: list[nn.Module] = []
         in_ch = 1
         for i, out_ch in enumerate(config.discriminator_channels):
@@ -28,6 +44,8 @@ class Discriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B,) logits."""
+        if self.blur_radius:
+            images = F.conv2d(F.pad(images, [self.blur_radius] * 4, mode="replicate"), self.low_pass)
         return self.head(self.features(images).flatten(1)).squeeze(1)
 
     def set_score_norm(self, mode: str) -> None:
