@@ -23,10 +23,12 @@ def score_files(
     heatmap: Path | None,
     as_json: bool,
     dicom_out: Path | None = None,
+    operating_point: str | None = None,
 ) -> int:
     """Print one line per file; return how many could not be scored."""
     settings = get_settings()
-    runtime = SquidRuntime(model or settings.model_path, threshold=threshold)
+    point = operating_point or (settings.operating_point if threshold is None else None)
+    runtime = SquidRuntime(model or settings.model_path, threshold=threshold, operating_point=point)
     if heatmap:
         heatmap.mkdir(parents=True, exist_ok=True)
     model_info = ModelInfo.from_metadata(runtime.metadata)

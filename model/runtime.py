@@ -52,6 +52,7 @@ class SquidRuntime:
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
         threshold: float | None = None,
+        operating_point: str | None = None,
     ) -> None:
         self.path = resolve_artifact(path)
         if not self.path.is_file():
@@ -76,7 +77,11 @@ class SquidRuntime:
             raise ArtifactError(f"{self.path} has outputs {outputs}, expected {list(OUTPUT_NAMES)}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        if threshold is not None and operating_point is not None:
+            raise ValueError("give a threshold or an operating point, not both")
         self.threshold = float(self.metadata.threshold if threshold is None else threshold)
+        if operating_point is not None:
+            self.threshold = self.operating_point_threshold(operating_point)
         try:
             self.calibration = Calibration(**self.metadata.calibration)
         except (TypeError, ValueError) as exc:
@@ -120,6 +125,13 @@ class SquidRuntime:
             )
             for i in range(len(batch))
         ]
+
+    def operating_point_threshold(self, name: str) -> float:
+        """The threshold of a named operating point; ``default`` is always the artifact's own."""
+        points = {"default": self.metadata.threshold, **self.metadata.operating_points}
+        if name not in points:
+            raise ValueError(f"operating point {name!r} is not in this artifact; it has {sorted(points)}")
+        return float(points[name])
 
     def warmup(self) -> None:
         """One inference so the first real request does not pay for session initialisation."""

@@ -109,6 +109,7 @@ def open_runtime(settings: Settings) -> SquidRuntime:
         providers=settings.providers,
         intra_op_threads=settings.intra_op_threads,
         threshold=settings.threshold,
+        operating_point=settings.operating_point,
     )
 
 

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
 
     model_path: str | None = Field(None, description="Artifact path or http(s) URL; default: shipped model.")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Override the artifact's threshold.")
+    operating_point: str | None = Field(
+        None,
+        description="A named threshold of the artifact instead: `default`, `spec90` (0.90 specificity).",
+    )
     providers: list[str] | None = Field(
         None, description="onnxruntime providers; default: CUDA if present, CPU."
     )

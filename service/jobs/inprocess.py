@@ -64,6 +64,7 @@ def run_inprocess(
         providers=settings.providers,
         intra_op_threads=settings.intra_op_threads,
         threshold=settings.threshold,
+        operating_point=settings.operating_point,
     )
     started = time.perf_counter()  # model loading is not part of the job's time
     root = folder.resolve()

@@ -68,6 +68,7 @@ def runtime() -> SquidRuntime:
                 providers=cfg.providers,
                 intra_op_threads=cfg.intra_op_threads,
                 threshold=cfg.threshold,
+                operating_point=cfg.operating_point,
             )
             _runtime.warmup()
             metrics.WORKER_INFO.labels(_runtime.metadata.model_version, ",".join(_runtime.providers)).set(1)
