@@ -85,7 +85,7 @@ def bench_inprocess(files: list[bytes], rounds: int, threads: int | None) -> dic
     for _ in range(rounds):
         for data in files:
             t0 = time.perf_counter()
-            infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+            infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
             latencies.append(time.perf_counter() - t0)
     return summary(latencies, time.perf_counter() - start)
 

@@ -36,7 +36,7 @@ def score_files(
     for path in files:
         try:
             data = path.read_bytes()
-            item: Prepared = prepare(data, runtime.input_size, settings.max_pixels)
+            item: Prepared = prepare(data, runtime.preprocessing, settings.max_pixels)
         except (ImageRejected, OSError) as exc:
             failures += 1
             reason = exc.reason if isinstance(exc, ImageRejected) else "unreadable"

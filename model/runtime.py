@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
 from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
+from model.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,12 @@ class SquidRuntime:
         self.threshold = float(self.metadata.threshold if threshold is None else threshold)
         if operating_point is not None:
             self.threshold = self.operating_point_threshold(operating_point)
+        try:
+            self.preprocessing = Preprocessing.from_spec(
+                self.metadata.preprocessing, self.metadata.input_size
+            )
+        except ValueError as exc:
+            raise ArtifactError(f"{self.path} has preprocessing this runtime cannot apply: {exc}") from exc
         try:
             self.calibration = Calibration(**self.metadata.calibration)
         except (TypeError, ValueError) as exc:

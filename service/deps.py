@@ -21,6 +21,7 @@ from fastapi.security import (
 )
 from starlette.concurrency import run_in_threadpool
 
+from model.preprocess import Preprocessing
 from model.runtime import SquidRuntime
 from service import metrics, readiness
 from service.batching import MicroBatcher
@@ -97,10 +98,10 @@ class AppState:
             raise ApiError(503, NOT_READY, detail, {"Retry-After": "5"})
         return self.runtime, self.batcher
 
-    async def prepare(self, data: bytes, input_size: int) -> Prepared:
+    async def prepare(self, data: bytes, preprocessing: Preprocessing) -> Prepared:
         """Decode and preprocess in the thread pool (raises ``ImageRejected``)."""
         async with self.decode_slots:
-            return await run_in_threadpool(prepare, data, input_size, self.settings.max_pixels)
+            return await run_in_threadpool(prepare, data, preprocessing, self.settings.max_pixels)
 
 
 def open_runtime(settings: Settings) -> SquidRuntime:

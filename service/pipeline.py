@@ -21,7 +21,7 @@ from PIL import Image
 
 from model.heatmap import overlay_png
 from model.imaging import DecodedImage, ImageRejected, Reason, read_image
-from model.preprocess import preprocess, unit_range
+from model.preprocess import Preprocessing, unit_range
 from model.runtime import ScoreResult, SquidRuntime
 
 
@@ -34,13 +34,14 @@ class Prepared:
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
-def prepare(data: bytes, input_size: int, max_pixels: int) -> Prepared:
-    """Decode and preprocess; raises :class:`model.imaging.ImageRejected` with a reason code."""
+def prepare(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> Prepared:
+    """Decode and preprocess as the artifact says; raises :class:`model.imaging.ImageRejected` with a
+    reason code."""
     start = time.perf_counter()
     decoded = read_image(data, max_pixels=max_pixels)
     decoded_at = time.perf_counter()
     try:
-        array = preprocess(decoded.pixels, input_size)
+        array = preprocessing(decoded.pixels)
     except ValueError as exc:  # too small to resize, or not finite
         raise ImageRejected(Reason.EMPTY_IMAGE, f"image cannot be scored: {exc}") from None
     done = time.perf_counter()

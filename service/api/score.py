@@ -111,7 +111,7 @@ async def score(
         raise
     try:
         with batcher.incoming():
-            prepared = await state.prepare(upload.data, runtime.input_size)
+            prepared = await state.prepare(upload.data, runtime.preprocessing)
     except ImageRejected as exc:
         metrics.REJECTIONS.labels(exc.reason).inc()
         log.info("rejected", extra={"reason": exc.reason, "status": exc.status, "detail": exc.detail})

@@ -159,7 +159,7 @@ def _prepare_one(
         }
         return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
     try:
-        item = prepare(data, runtime.input_size, max_pixels)
+        item = prepare(data, runtime.preprocessing, max_pixels)
     except ImageRejected as exc:
         return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
     outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)

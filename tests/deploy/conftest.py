@@ -63,7 +63,7 @@ def _local_scores(images: list[bytes]) -> list[float]:
     from service.pipeline import infer, prepare
 
     runtime = SquidRuntime(intra_op_threads=1)
-    prepared = [prepare(data, runtime.input_size, 100_000_000) for data in images]
+    prepared = [prepare(data, runtime.preprocessing, 100_000_000) for data in images]
     results, _ = infer(runtime, prepared)
     return [r.score for r in results]
 

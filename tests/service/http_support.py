@@ -85,7 +85,7 @@ def stop_server(server: Server) -> None:
 
 def local_score(runtime: SquidRuntime, data: bytes) -> float:
     """The score the shared pipeline gives in-process (what the server must match exactly)."""
-    results, _ = infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+    results, _ = infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
     return results[0].score
 
 

@@ -180,7 +180,8 @@ def test_real_runtime_batch_of_any_size_gives_the_same_bits(local_runtime: Squid
     """The property the micro-batcher relies on, checked on the shipped artifact."""
     from service.pipeline import infer
 
-    items = [prepare(png_gray(chest_like(96, 96, seed=s)), local_runtime.input_size, 10**8) for s in range(5)]
+    prep = local_runtime.preprocessing
+    items = [prepare(png_gray(chest_like(96, 96, seed=s)), prep, 10**8) for s in range(5)]
     alone = [infer(local_runtime, [one])[0][0] for one in items]
     together, _ = infer(local_runtime, items)
     pairs, _ = infer(local_runtime, items[:2])
