@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,7 @@ from numpy.typing import NDArray
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
 from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
+from model.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,11 @@ class SquidRuntime:
     def input_size(self) -> int:
         return self.metadata.input_size
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing this artifact was trained with, read from its own spec."""
+        return Preprocessing.from_spec(self.metadata.preprocessing, self.input_size)
+
     def run(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """All artifact outputs for a (N, H, W) or (N, 1, H, W) batch of preprocessed images."""
         if batch.ndim == 3:
@@ -124,3 +131,35 @@ class SquidRuntime:
     def warmup(self) -> None:
         """One inference so the first real request does not pay for session initialisation."""
         self.run(np.zeros((1, 1, self.input_size, self.input_size), np.float32))
+
+
+class RuntimeOptions(Protocol):
+    """What :func:`open_runtime` reads: the service's ``Settings`` has these fields."""
+
+    @property
+    def model_path(self) -> str | None: ...
+
+    @property
+    def providers(self) -> list[str] | None: ...
+
+    @property
+    def intra_op_threads(self) -> int | None: ...
+
+    @property
+    def threshold(self) -> float | None: ...
+
+
+def open_runtime(
+    options: RuntimeOptions, *, model: Path | str | None = None, threshold: float | None = None
+) -> SquidRuntime:
+    """The one way the API, the workers, in-process jobs and the CLI open the artifact.
+
+    Providers and thread settings come from ``options`` everywhere, so a CLI run behaves like the
+    service it stands in for; ``model`` and ``threshold`` are the CLI's per-run overrides.
+    """
+    return SquidRuntime(
+        model or options.model_path,
+        providers=options.providers,
+        intra_op_threads=options.intra_op_threads,
+        threshold=options.threshold if threshold is None else threshold,
+    )

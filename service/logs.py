@@ -75,12 +75,6 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
     }
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Install JSON logging for this process (uvicorn does the same with ``log_config``)."""
-    logging.config.dictConfig(logging_config(level))
-    capture_warnings()
-
-
 def capture_warnings() -> None:
     """Send ``warnings.warn`` output through logging (JSON, text withheld) instead of plain stderr."""
     logging.captureWarnings(True)
