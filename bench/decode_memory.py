@@ -3,7 +3,8 @@
 Usage: python bench/decode_memory.py [--sizes 2000 7000] [--out bench/results/decode_memory.json]
 Each measurement runs in a fresh process that first reads the file into memory, then decodes and
 preprocesses it exactly as the service does (``model.steps.prepare``); the growth of the process's
-peak resident size (``ru_maxrss``) divided by the pixel count is the bytes-per-pixel figure. The
+peak resident size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before, Linux only) over
+its size before, divided by the pixel count, is the bytes-per-pixel figure. The
 heatmap overlay and the preview are measured too (``service.payload``). Images are written once, in
 this process, so their creation does not count.
 """
@@ -24,19 +25,26 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """
-import resource, sys, json
+import sys, json
 from pathlib import Path
+def peak_kb():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+def rss_kb():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
 data = Path(sys.argv[1]).read_bytes()
 from model.steps import prepare
 from service.payload import preview_png
 from model.heatmap import overlay_png
 import numpy as np
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = rss_kb()
+Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from the current size
 item = prepare(data, 224, 200_000_000)
-decoded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decoded = peak_kb()
 overlay_png(item.decoded.pixels, np.zeros((224, 224), np.float32))
 preview_png(item.decoded.pixels)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kb()
 print(json.dumps({"before_kb": before, "decoded_kb": decoded, "after_kb": after}))
 """
 
