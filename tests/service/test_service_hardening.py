@@ -114,3 +114,14 @@ def test_decoding_a_large_rgb_png_stays_within_the_memory_bound(guarded: Server)
         assert response.status_code == 200, response.text
     growth = max(0, _peak_kb(pid) - before) * 1024
     assert growth <= MAX_BYTES_PER_PIXEL * side * side, growth / side**2
+
+
+def test_head_and_options_are_answered(guarded: Server) -> None:
+    with guarded.client() as http:
+        head = http.head("/healthz")
+        assert head.status_code == 200 and head.content == b""
+        assert http.head("/model").status_code == 200
+        options = http.options("/score")
+        assert options.status_code == 204
+        assert {"POST", "OPTIONS"} <= set(options.headers["allow"].split(", "))
+        assert http.options("/no/such/route").status_code == 404
