@@ -125,3 +125,28 @@ def test_head_and_options_are_answered(guarded: Server) -> None:
         assert options.status_code == 204
         assert {"POST", "OPTIONS"} <= set(options.headers["allow"].split(", "))
         assert http.options("/no/such/route").status_code == 404
+
+
+def test_header_text_is_not_echoed_and_bad_files_log_no_errors(guarded: Server) -> None:
+    """A name typed into BodyPartExamined or Modality is not repeated (answer, log); a broken file
+    is a 4xx, not an ERROR record with a library traceback."""
+    from dicom_factory import make_dicom
+    from http_support import chest_like
+    from pydicom.uid import RLELossless
+
+    pixels = chest_like(96, 96)
+    cases = [
+        make_dicom(pixels, bits_stored=12, body_part="DOE^JANE"),
+        make_dicom(pixels, bits_stored=12, modality="SMITHJ"),
+        make_dicom(pixels, bits_stored=12, transfer_syntax=RLELossless)[:-100],
+    ]
+    with guarded.client() as http:
+        for data in cases:
+            response = http.post("/score", content=data, headers={"content-type": "application/dicom"})
+            assert response.status_code == 422, response.text
+            assert "DOE" not in response.text and "SMITHJ" not in response.text
+            assert "0x" not in response.json()["error"]["detail"]
+    logs = guarded.logs()
+    assert "DOE" not in logs and "SMITHJ" not in logs
+    errors = [r for r in guarded.log_records() if r.get("level") in ("error", "critical")]
+    assert not errors, errors
