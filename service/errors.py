@@ -29,6 +29,16 @@ UNAUTHORIZED = "unauthorized"
 NOT_READY = "not_ready"
 INVALID_REQUEST = "invalid_request"
 INTERNAL_ERROR = "internal_error"
+# The client went away mid-request: nobody reads the answer, but metrics and logs should not count it
+# as a bad request (400) or a server error. 499 is nginx's "client closed request".
+CLIENT_CLOSED, CLIENT_CLOSED_STATUS = "client_disconnected", 499
+
+
+def client_closed() -> ApiError:
+    return ApiError(
+        CLIENT_CLOSED_STATUS, CLIENT_CLOSED, "the client disconnected before the body was complete"
+    )
+
 
 # 413 stays reserved for the request body limit, so an oversized image is 422.
 IMAGE_STATUS: dict[str, int] = {reason.value: 422 for reason in Reason} | {

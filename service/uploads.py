@@ -18,7 +18,14 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import MALFORMED_REQUEST, MISSING_FILE, TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
+from service.errors import (
+    MALFORMED_REQUEST,
+    MISSING_FILE,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    ApiError,
+    client_closed,
+)
 
 FILE_FIELD = "file"
 RAW_TYPES = frozenset(
@@ -94,8 +101,7 @@ async def _receive(
         async for chunk in _limited(request, limit):
             sink(chunk)
     except ClientDisconnect:
-        detail = "the client disconnected before the body was complete"
-        raise ApiError(400, MALFORMED_REQUEST, detail) from None
+        raise client_closed() from None
     return mime or None
 
 

@@ -21,10 +21,10 @@ from service.deps import JobManagerDep
 from service.errors import (
     ERROR_SCHEMA,
     INVALID_REQUEST,
-    MALFORMED_REQUEST,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
     ApiError,
+    client_closed,
 )
 from service.jobs.archive import check_archive, remove_tree
 from service.jobs.manager import JobManager, JobView
@@ -142,7 +142,7 @@ async def create_job(
         try:
             raw = b"".join([chunk async for chunk in _limited(request.stream(), MAX_JSON_BYTES)])
         except ClientDisconnect:
-            raise ApiError(400, MALFORMED_REQUEST, "the client disconnected during the upload") from None
+            raise client_closed() from None
         try:
             body = JobPathRequest.model_validate(json.loads(raw))
         except (ValueError, ValidationError):

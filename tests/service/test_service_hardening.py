@@ -150,3 +150,16 @@ def test_header_text_is_not_echoed_and_bad_files_log_no_errors(guarded: Server) 
     assert "DOE" not in logs and "SMITHJ" not in logs
     errors = [r for r in guarded.log_records() if r.get("level") in ("error", "critical")]
     assert not errors, errors
+
+
+def test_a_client_that_hangs_up_is_counted_as_499_not_400(guarded: Server) -> None:
+    labels = {"endpoint": "/score", "status": "499"}
+    before = guarded.metric("squid_http_requests_total", labels)
+    head = b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=20) as sock:
+        sock.sendall(head + b"\x89PNG\r\n")
+        time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while guarded.metric("squid_http_requests_total", labels) <= before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert guarded.metric("squid_http_requests_total", labels) == before + 1
