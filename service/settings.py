@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1, description="Micro-batching: most images per inference call.")
     max_wait_ms: float = Field(5.0, ge=0, description="Micro-batching: longest wait to fill a batch.")
     log_level: str = "INFO"
+    # HTTP server limits (squid serve): see docs/deployment.md.
+    max_header_kb: int = Field(32, ge=1, le=1024, description="Largest request head (KiB); over it: 431.")
+    max_header_count: int = Field(100, ge=1, description="Most header fields in a request; over it: 431.")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for a request head, or between two chunks of a body; then 408."
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="Idle time after which a keep-alive connection closes."
+    )
+    decode_budget_mb: int = Field(
+        2048, ge=64, description="Memory all concurrent image decodes may use together (estimated)."
+    )
     # Batch jobs.
     broker_url: str | None = Field(None, description="Redis URL for Celery; unset = no broker.")
     import_root: Path | None = Field(None, description="The only tree batch jobs may read.")

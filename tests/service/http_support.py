@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from model.runtime import SquidRuntime
-from service.pipeline import infer, prepare
+from model.steps import infer, prepare
 from tests.net_support import free_port, metric_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
