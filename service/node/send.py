@@ -60,15 +60,18 @@ class CStoreSender:
         dest = self.destination
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
+            log.warning("no association with %s", self.key)
             return [False] * len(files)
         try:
-            return [_stored(assoc.send_c_store(ds)) for ds in datasets]
+            return [self._stored(assoc.send_c_store(ds)) for ds in datasets]
         finally:
             assoc.release()
 
-
-def _stored(status: Dataset) -> bool:
-    return bool(status) and int(status.get("Status", -1)) in STORED
+    def _stored(self, status: Dataset) -> bool:
+        code = int(status.get("Status", -1)) if status else -1
+        if code not in STORED:
+            log.warning("C-STORE to %s answered status 0x%04X", self.key, code & 0xFFFF)
+        return code in STORED
 
 
 @dataclass

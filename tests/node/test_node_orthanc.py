@@ -7,12 +7,13 @@ tests read through its REST API. Scores are compared with what ``squid score --j
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -47,15 +48,26 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     server.stop()
 
 
-def start_node(tmp_path: Path, orthanc: Orthanc, orthanc_port: int | None = None, **env: str) -> NodeProcess:
-    destination = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port or orthanc.dicom_port}
-    settings = {
-        "SQUID_DICOM_DESTINATIONS": json.dumps([destination]),
-        "SQUID_DICOM_ALLOWED_AES": json.dumps(["ORTHANC", "STORESCU", "ECHOSCU"]),
-        "SQUID_DICOM_METRICS_PORT": str(free_port()),
-        **env,
-    }
-    return NodeProcess(tmp_path / "node", orthanc.node_port, settings).start()
+@pytest.fixture
+def launch(tmp_path: Path, orthanc: Orthanc) -> Iterator[Callable[..., NodeProcess]]:
+    """Starts ``squid listen`` sending to ``orthanc`` (or a closed port); every node is stopped after."""
+    started: list[NodeProcess] = []
+
+    def start(orthanc_port: int | None = None, **env: str) -> NodeProcess:
+        destination = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port or orthanc.dicom_port}
+        settings = {
+            "SQUID_DICOM_DESTINATIONS": json.dumps([destination]),
+            "SQUID_DICOM_ALLOWED_AES": json.dumps(["ORTHANC", "STORESCU", "ECHOSCU"]),
+            "SQUID_DICOM_METRICS_PORT": str(free_port()),
+            **env,
+        }
+        node = NodeProcess(tmp_path / "node", orthanc.node_port, settings)
+        started.append(node)
+        return node.start()
+
+    yield start
+    for node in started:
+        node.stop()
 
 
 def node_metric(node: NodeProcess, name: str, labels: dict[str, str] | None = None) -> float:
@@ -105,62 +117,58 @@ def as_ct(source: Path, target: Path) -> Path:
 
 
 def test_study_sent_by_orthanc_comes_back_as_sr_and_sc_in_the_same_study(
-    tmp_path: Path, orthanc: Orthanc, dx_file: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
 ) -> None:
     source = dcmread(dx_file, stop_before_pixels=True)
     study_uid, image_uid = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
     orthanc.upload(dx_file)
     answer = orthanc.upload(as_ct(dx_file, tmp_path / "ct.dcm"))
-    node = start_node(tmp_path, orthanc)
-    try:
-        orthanc.send_to_node(str(answer["ParentStudy"]))
-        wait_for(lambda: len(orthanc.study_instances(study_uid)) >= 4, WAIT_S, "SR and SC in Orthanc")
-        [sr] = results_of(orthanc, study_uid, SR_CLASS)
-        [sc] = results_of(orthanc, study_uid, SC_CLASS)
-        score, referenced = sr_score(orthanc, sr)
-        assert referenced == image_uid
-        assert score == pytest.approx(cli_score(dx_file), abs=1e-6)
-        sc_ds = dcmread(BytesIO(orthanc.instance_file(str(sc["ID"]))), stop_before_pixels=True)
-        assert sc_ds.StudyInstanceUID == study_uid
-        skipped = {"outcome": "skipped", "reason": "not_a_radiograph_class"}
-        assert node_metric(node, "squid_node_instances_total", skipped) == 1
-        # The same study again: the same UIDs come back, Orthanc keeps one copy of each.
-        orthanc.send_to_node(str(answer["ParentStudy"]))
-        wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "second send")
-        assert len(orthanc.study_instances(study_uid)) == 4
-        assert not echo("127.0.0.1", node.port, NODE_AE, calling="INTRUDER")
-        assert node_metric(node, "squid_node_associations_total", {"outcome": "rejected"}) >= 1
-    finally:
-        node.stop()
+    node = launch()
+    orthanc.send_to_node(str(answer["ParentStudy"]))
+    wait_for(lambda: len(orthanc.study_instances(study_uid)) >= 4, WAIT_S, "SR and SC in Orthanc")
+    [sr] = results_of(orthanc, study_uid, SR_CLASS)
+    [sc] = results_of(orthanc, study_uid, SC_CLASS)
+    score, referenced = sr_score(orthanc, sr)
+    assert referenced == image_uid
+    assert score == pytest.approx(cli_score(dx_file), abs=1e-6)
+    sc_ds = dcmread(BytesIO(orthanc.instance_file(str(sc["ID"]))), stop_before_pixels=True)
+    assert sc_ds.StudyInstanceUID == study_uid
+    skipped = {"outcome": "skipped", "reason": "not_a_radiograph_class"}
+    assert node_metric(node, "squid_node_instances_total", skipped) == 1
+    # The same study again: the same UIDs come back, Orthanc keeps one copy of each.
+    orthanc.send_to_node(str(answer["ParentStudy"]))
+    wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "second send")
+    assert len(orthanc.study_instances(study_uid)) == 4
+    assert not echo("127.0.0.1", node.port, NODE_AE, calling="INTRUDER")
+    assert node_metric(node, "squid_node_associations_total", {"outcome": "rejected"}) >= 1
 
 
 @pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu not installed (scripts/test.sh installs it)")
 def test_node_killed_before_sending_loses_and_duplicates_nothing(
-    tmp_path: Path, orthanc: Orthanc, shared_data: Path
+    orthanc: Orthanc, launch: Callable[..., NodeProcess], shared_data: Path
 ) -> None:
-    source_file = shared_data / "dicom" / "wg04" / "JLSN" / "RG3_JLSN.dcm"  # JPEG-LS near-lossless CR
+    folder = shared_data / "dicom" / "torchxrayvision"
+    source_file = folder / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"  # JPEG baseline CR
     study_uid = str(dcmread(source_file, stop_before_pixels=True).StudyInstanceUID)
     orthanc.upload(source_file)
-    node = start_node(tmp_path, orthanc, orthanc_port=free_port())  # the PACS is down: nothing is acked
-    storescu = [str(STORESCU), "-aet", "STORESCU", "-aec", NODE_AE, "-xs"]
+    # The PACS is down: nothing is acknowledged, and nothing may reach the dead-letter folder yet.
+    node = launch(orthanc_port=free_port(), SQUID_DICOM_SEND_ATTEMPTS="1000")
+    storescu = [str(STORESCU), "-aet", "STORESCU", "-aec", NODE_AE, "-xy"]  # propose JPEG baseline
     subprocess.run([*storescu, "127.0.0.1", str(node.port), str(source_file)], check=True, timeout=60)
     wait_for(lambda: len(node.spool_files("outbox")) == 2, WAIT_S, "results in the outbox")
     node.kill()
     assert len(orthanc.study_instances(study_uid)) == 1
-    node = start_node(tmp_path, orthanc)
-    try:
-        wait_for(lambda: len(orthanc.study_instances(study_uid)) == 3, WAIT_S, "results after restart")
-        wait_for(lambda: not node.spool_files("outbox"), WAIT_S, "outbox drained")
-        subprocess.run([*storescu, "127.0.0.1", str(node.port), str(source_file)], check=True, timeout=60)
-        wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "re-send")
-        assert len(orthanc.study_instances(study_uid)) == 3
-        assert not node.spool_files("dead")
-    finally:
-        node.stop()
+    node = launch()
+    wait_for(lambda: len(orthanc.study_instances(study_uid)) == 3, WAIT_S, "results after restart")
+    wait_for(lambda: not node.spool_files("outbox"), WAIT_S, "outbox drained")
+    subprocess.run([*storescu, "127.0.0.1", str(node.port), str(source_file)], check=True, timeout=60)
+    wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "re-send")
+    assert len(orthanc.study_instances(study_uid)) == 3
+    assert not node.spool_files("dead")
 
 
 def test_twenty_images_over_two_associations_are_scored_once_each(
-    tmp_path: Path, orthanc: Orthanc, dx_file: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
 ) -> None:
     from pynetdicom import AE
 
@@ -168,11 +176,11 @@ def test_twenty_images_over_two_associations_are_scored_once_each(
     study_uid = generate_uid()
     images = []
     for _ in range(20):
-        ds = base.copy()
+        ds = copy.deepcopy(base)
         ds.StudyInstanceUID = study_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         images.append(ds)
-    node = start_node(tmp_path, orthanc, SQUID_DICOM_QUIET_SECONDS="2")
+    node = launch(SQUID_DICOM_QUIET_SECONDS="2")
     statuses: list[int] = []
 
     def send(part: list[object]) -> None:
@@ -183,25 +191,20 @@ def test_twenty_images_over_two_associations_are_scored_once_each(
         statuses.extend(int(assoc.send_c_store(ds).Status) for ds in part)
         assoc.release()
 
-    try:
-        senders = [threading.Thread(target=send, args=(images[i::2],)) for i in range(2)]
-        for thread in senders:
-            thread.start()
-        for thread in senders:
-            thread.join(timeout=WAIT_S)
-        assert statuses == [0] * 20
-        wait_for(lambda: len(orthanc.study_instances(study_uid)) == 40, WAIT_S, "40 results in Orthanc")
-        rows = [
-            json.loads(line)
-            for path in (tmp_path / "node" / "results" / "node").glob("*/instances.jsonl")
-            for line in path.read_text().splitlines()
-        ]
-        assert sorted(row["sop_instance_uid"] for row in rows) == sorted(
-            str(ds.SOPInstanceUID) for ds in images
-        )
-        assert node_metric(node, "squid_node_images_scored_total", {"outcome": "scored"}) == 20
-    finally:
-        node.stop()
+    senders = [threading.Thread(target=send, args=(images[i::2],)) for i in range(2)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(timeout=WAIT_S)
+    assert statuses == [0] * 20
+    wait_for(lambda: len(orthanc.study_instances(study_uid)) == 40, WAIT_S, "40 results in Orthanc")
+    rows = [
+        json.loads(line)
+        for path in (tmp_path / "node" / "results" / "node").glob("*/instances.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(row["sop_instance_uid"] for row in rows) == sorted(str(ds.SOPInstanceUID) for ds in images)
+    assert node_metric(node, "squid_node_images_scored_total", {"outcome": "scored"}) == 20
 
 
 def test_dicomweb_pull_scores_the_study_like_squid_score(
