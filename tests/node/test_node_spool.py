@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,14 @@ def test_destinations_come_from_one_json_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SQUID_DICOM_AE_TITLE", "A_TITLE_LONGER_THAN_16")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_node_never_imports_torch_or_training() -> None:
+    code = (
+        "import sys\n"
+        "import service.node.node, service.node.dicomweb, cli.node, cli.jobs\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.split('.')[0] == 'training']\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
