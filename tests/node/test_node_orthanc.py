@@ -229,3 +229,24 @@ def test_dicomweb_pull_scores_the_study_like_squid_score(
         [row] = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
         assert row["score"] == pytest.approx(cli_score(dx_file), abs=1e-6)
         assert sum(1 for _ in (out / "dicom").glob("*.dcm")) == 2
+
+
+def test_results_go_back_by_stow_rs(
+    orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
+) -> None:
+    from pynetdicom import AE
+
+    source = dcmread(dx_file)
+    node = launch(
+        SQUID_DICOM_DESTINATIONS="[]", SQUID_DICOM_STOW="true", SQUID_DICOMWEB_URL=orthanc.dicomweb_url
+    )
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(source.SOPClassUID, source.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    assert int(assoc.send_c_store(source).Status) == 0
+    assoc.release()
+    study_uid = str(source.StudyInstanceUID)
+    wait_for(lambda: len(orthanc.study_instances(study_uid)) == 2, WAIT_S, "SR and SC stored by STOW-RS")
+    assert len(results_of(orthanc, study_uid, SR_CLASS)) == 1
+    assert node_metric(node, "squid_node_objects_sent_total", {"destination": "stow"}) == 2
