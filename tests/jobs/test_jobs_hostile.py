@@ -222,3 +222,23 @@ def test_hostile_job_paths_are_4xx(hostile: Hostile, path: str, reason: str | No
     if reason:
         assert response.json()["error"]["reason"] == reason
     assert path[:40] not in hostile.api.logs()
+
+
+def test_extraction_reports_members_the_disk_cannot_hold_and_stops_on_cancel(tmp_path: Path) -> None:
+    from service.jobs.archive import ArchiveError, extract_archive
+
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(
+        zip_bytes([("x", b"1"), ("x/y.dcm", b"2"), ("n" * 300, b"3"), ("x", b"4"), ("ok", b"5")])
+    )
+    skipped: list[tuple[str, str, str]] = []
+    extract_archive(upload, tmp_path / "out", 1 << 20, skipped=skipped)
+    assert [(name[:5], reason) for name, reason, _ in skipped] == [
+        ("x/y.d", "path_conflict"),
+        ("nnnnn", "name_too_long"),
+        ("x#3", "path_conflict"),
+    ]
+    assert (tmp_path / "out" / "ok").stat().st_mode & 0o777 == 0o600  # results are 0600 too
+    with pytest.raises(ArchiveError) as stopped:
+        extract_archive(upload, tmp_path / "again", 1 << 20, should_stop=lambda: True)
+    assert stopped.value.reason == "cancelled" and not list((tmp_path / "again").iterdir())
