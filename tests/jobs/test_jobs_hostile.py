@@ -242,3 +242,18 @@ def test_extraction_reports_members_the_disk_cannot_hold_and_stops_on_cancel(tmp
     with pytest.raises(ArchiveError) as stopped:
         extract_archive(upload, tmp_path / "again", 1 << 20, should_stop=lambda: True)
     assert stopped.value.reason == "cancelled" and not list((tmp_path / "again").iterdir())
+
+
+def test_a_zip_job_whose_state_redis_lost_keeps_no_upload(hostile: Hostile) -> None:
+    """Last in this module: it empties Redis. A job that can never run again frees its disk."""
+    hostile.worker.freeze()
+    try:
+        job = post_zip(hostile.http, zip_bytes([("a.dcm", SAMPLE.read_bytes())]))
+        job_dir = hostile.results_dir / job["id"]
+        assert (job_dir / "upload.zip").is_file()
+        hostile.redis.restart()  # not persistent: the queue and the job state are gone
+        lost = wait_job(hostile.http, job["id"], timeout=60)
+    finally:
+        hostile.worker.thaw()
+    assert lost["state"] == "failed" and lost["error"]["reason"] == "state_lost"
+    assert not (job_dir / "upload.zip").exists() and not (job_dir / "input").exists()
