@@ -242,6 +242,8 @@ class JobManager:
             raise JobError(404, "job_not_found", "no such job")
         if record.get("state") in FINAL_STATES:
             return _view(record, record.get("progress") or {})
+        if record.get("source") == "zip":
+            remove_upload(job_dir)  # no worker will ever use it: the job can only be re-submitted
         lost = {
             **record,
             "state": FAILED,

@@ -222,3 +222,38 @@ def test_hostile_job_paths_are_4xx(hostile: Hostile, path: str, reason: str | No
     if reason:
         assert response.json()["error"]["reason"] == reason
     assert path[:40] not in hostile.api.logs()
+
+
+def test_extraction_reports_members_the_disk_cannot_hold_and_stops_on_cancel(tmp_path: Path) -> None:
+    from service.jobs.archive import ArchiveError, extract_archive
+
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(
+        zip_bytes([("x", b"1"), ("x/y.dcm", b"2"), ("n" * 300, b"3"), ("x", b"4"), ("ok", b"5")])
+    )
+    skipped: list[tuple[str, str, str]] = []
+    extract_archive(upload, tmp_path / "out", 1 << 20, skipped=skipped)
+    assert [(name[:5], reason) for name, reason, _ in skipped] == [
+        ("x/y.d", "path_conflict"),
+        ("nnnnn", "name_too_long"),
+        ("x#3", "path_conflict"),
+    ]
+    assert (tmp_path / "out" / "ok").stat().st_mode & 0o777 == 0o600  # results are 0600 too
+    with pytest.raises(ArchiveError) as stopped:
+        extract_archive(upload, tmp_path / "again", 1 << 20, should_stop=lambda: True)
+    assert stopped.value.reason == "cancelled" and not list((tmp_path / "again").iterdir())
+
+
+def test_a_zip_job_whose_state_redis_lost_keeps_no_upload(hostile: Hostile) -> None:
+    """Last in this module: it empties Redis. A job that can never run again frees its disk."""
+    hostile.worker.freeze()
+    try:
+        job = post_zip(hostile.http, zip_bytes([("a.dcm", SAMPLE.read_bytes())]))
+        job_dir = hostile.results_dir / job["id"]
+        assert (job_dir / "upload.zip").is_file()
+        hostile.redis.restart()  # not persistent: the queue and the job state are gone
+        lost = wait_job(hostile.http, job["id"], timeout=60)
+    finally:
+        hostile.worker.thaw()
+    assert lost["state"] == "failed" and lost["error"]["reason"] == "state_lost"
+    assert not (job_dir / "upload.zip").exists() and not (job_dir / "input").exists()
