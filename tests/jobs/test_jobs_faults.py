@@ -9,6 +9,7 @@ failed state; never a job that silently lost rows.
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import time
@@ -203,3 +204,39 @@ def test_pool_processes_over_the_memory_limit_are_replaced_and_the_job_completes
         assert_exactly_once(rows_of(manager, final.id), paths)
         loaded = set(re.findall(r"worker process (\d+) loaded model", worker.logs()))
         assert len(loaded) >= 3, "every task leaves its process above 1 MB, so each is replaced"
+
+
+def test_a_chunk_past_the_task_time_limit_becomes_worker_lost_rows(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    """A read that never returns (a FIFO where a file was: a hung network share) holds its chunk past
+    the hard time limit on every delivery; after ``max_deliveries`` its files are ``worker_lost``
+    rows, the rest of the job is scored and the job finishes."""
+    root, paths = bulk
+    last_chunk = sorted(paths)[-4:]  # the walk order is the sorted relative paths; chunks of 4
+    with one_worker_stack(tmp_path, persistent=False) as (_, manager, worker):
+        job = manager.submit_path("bulk")
+        wait_for(lambda: manager.get(job.id).total == FILES, JOB_TIMEOUT_S, "the job to be planned", 0.02)
+        worker.freeze()
+        try:
+            view = manager.get(job.id)
+            assert view.chunks_done <= view.chunks - 4, "the last chunk must not have started yet"
+            hung = root / last_chunk[-1]
+            hung.unlink()
+            os.mkfifo(hung)  # stat() says size 0; open() for reading blocks until a writer comes
+        finally:
+            worker.thaw()
+        final = follow(manager, job.id)
+        assert final.state == "succeeded", final
+        assert (final.total, final.scored, final.failed) == (FILES, FILES - 4, 4), final
+        rows = rows_of(manager, job.id)
+        assert sorted(row["path"] for row in rows) == sorted(paths), "every file exactly once"
+        lost = {row["path"]: row for row in rows if row["status"] != "scored"}
+        assert sorted(lost) == last_chunk
+        for row in lost.values():
+            assert (row["status"], row["reason"]) == ("failed", "worker_lost"), row
+            assert "time limit" in row["detail"], row
+        limit = manager.settings.task_time_limit_s
+        logs = worker.logs()
+        assert logs.count(f"Hard time limit ({limit}s) exceeded") == 3, logs[-3000:]
+        assert len(set(re.findall(r"worker process (\d+) loaded model", logs))) >= 4, "3 replaced"
