@@ -46,6 +46,7 @@ def shared_data() -> Path:
     return root
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that reads the real data carries the ``data`` marker, whoever forgot to add it."""
     for item in items:

@@ -21,10 +21,13 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 LOADED = "const img = document.getElementById(arguments[0]); return img.complete && img.naturalWidth > 0;"
 TXV = "dicom/torchxrayvision/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists(),
-    reason="needs /usr/bin/chromium and chromedriver: apt-get install chromium chromium-driver",
-)
+pytestmark = [
+    pytest.mark.slow,  # headless Chromium
+    pytest.mark.skipif(
+        not CHROMIUM.exists() or not Path(CHROMEDRIVER).exists(),
+        reason="needs /usr/bin/chromium and chromedriver: apt-get install chromium chromium-driver",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ def card_table(card: str) -> dict[str, str]:
     return dict(re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|$", card, flags=re.MULTILINE))
 
 
+@pytest.mark.slow  # trains and exports a tiny model
 def test_model_card_figures_are_the_artifacts_and_agree_with_its_own_scores(
     tiny_artifact: Path, real_images: dict[str, np.ndarray]
 ) -> None:
@@ -55,6 +56,7 @@ def test_model_card_figures_are_the_artifacts_and_agree_with_its_own_scores(
     assert float(table["accuracy"]) == pytest.approx((sensitivity + specificity) / 2, abs=1e-3)
 
 
+@pytest.mark.slow  # trains and exports a tiny model
 def test_model_card_command_writes_the_rendered_card(tiny_artifact: Path, tmp_path: Path) -> None:
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"test_note": "Test split: not measured here."}))
