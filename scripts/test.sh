@@ -14,6 +14,18 @@ if [ ! -x "$VENV/bin/pytest" ]; then
   exit 2
 fi
 
+ci=false
+case "${CI:-}" in 1 | true | TRUE | True | yes) ci=true ;; esac
+
+# Under CI a tool the tests drive must be there: without it those tests would only skip.
+missing_tools() {
+  if [ "$ci" = true ]; then
+    echo "CI: $1; the tests that drive them cannot run" >&2
+    exit 3
+  fi
+  echo "$1: the tests that need them will be skipped (and listed at the end)" >&2
+}
+
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -29,15 +41,23 @@ command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing test tools: ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Install without starting the packages' services (Debian starts prometheus and redis-server on
+    # install): the tests start their own on free ports, and this script must end nothing it did not start.
+    no_start=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      no_start=/usr/sbin/policy-rc.d
+    fi
+    installed=0
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null &&
+      installed=1
+    [ -z "$no_start" ] || rm -f "$no_start"
+    [ "$installed" = 1 ] || missing_tools "apt-get could not install ${need[*]}"
   else
-    echo "missing test tools (${need[*]}): the tests that need them will be skipped" >&2
+    missing_tools "missing test tools (${need[*]}) and not root with apt-get to install them"
   fi
 fi
-# Debian starts prometheus as a service on install; the tests run their own. (Orthanc's service, where
-# it starts, keeps its default ports; the tests run theirs on free ports.)
-pkill -x prometheus 2>/dev/null || true
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no

@@ -46,7 +46,8 @@ from image_support import (
 
 from tests.jobs.jobs_support import RedisServer, run_cli
 
-pytestmark = pytest.mark.timeout(2400)  # a hang guard: a cold run debootstraps and builds first
+# timeout: a hang guard; a cold run debootstraps and builds first
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SAMPLES = REPO / "samples"
 SCORED = (

@@ -40,6 +40,7 @@ def test_metric_names_parser(expr: str, names: set[str]) -> None:
     assert metric_names(expr) == names
 
 
+@pytest.mark.slow  # the live native stack
 def test_dashboard_and_rules_query_exported_metrics(live_stack: Any) -> None:
     exported = exported_names(live_stack.api_metrics()) | exported_names(live_stack.worker_metrics())
     known = exported | recorded_names() | PROMETHEUS_OWN
@@ -62,6 +63,7 @@ def test_dashboard_and_rules_query_exported_metrics(live_stack: Any) -> None:
     } <= queried_names
 
 
+@pytest.mark.slow  # the live native stack
 def test_dashboard_queries_run_on_prometheus(live_stack: Any) -> None:
     """Each expression (variables substituted as Grafana would) is valid PromQL for Prometheus."""
     render = load_script("render_dashboard")

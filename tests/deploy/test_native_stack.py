@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from deploy_support import load_script, poll
 
+pytestmark = pytest.mark.slow  # the compose stack run natively, then waits for scrapes
+
 SCRAPE_WAIT_S = 90.0  # 15 s scrape interval: a few scrapes, generously bounded on a busy machine
 EXPECTED_JOBS = {"squid-api", "squid-worker", "prometheus"}
 

@@ -6,6 +6,7 @@ queue name and key prefix, and its own results folder, so parallel runs cannot c
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ from tests.net_support import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180.0
 JOB_TIMEOUT_S = 240.0  # a hang guard, not a performance assertion
+SAMPLES = REPO_ROOT / "samples"
+LIMIT_SAFETY = 10  # the hard task limit is this many times a chunk's measured scoring time
+MIN_TASK_LIMIT_S = 3
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -113,6 +118,36 @@ class Worker:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
+@cache
+def seconds_per_file() -> float:
+    """The slowest time to read, decode and score one sample X-ray here, now (best of three rounds).
+
+    Measured once per session in this process, on this machine as loaded as it is: the task time
+    limits of the worker tests are derived from it instead of a fixed number a starved machine hits.
+    """
+    from model.runtime import SquidRuntime
+    from service.pipeline import infer, prepare
+
+    runtime = SquidRuntime(intra_op_threads=1)
+    files = [path.read_bytes() for path in sorted(SAMPLES.iterdir()) if path.suffix in (".dcm", ".jpeg")]
+    infer(runtime, [prepare(files[0], runtime.input_size, 100_000_000)])  # warm-up
+    rounds = []
+    for _ in range(3):
+        slowest = 0.0
+        for data in files:
+            started = time.perf_counter()
+            infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+            slowest = max(slowest, time.perf_counter() - started)
+        rounds.append(slowest)
+    return min(rounds)
+
+
+def task_limits(chunk_size: int) -> tuple[int, int]:
+    """(hard task limit, visibility timeout) in seconds for chunks of ``chunk_size`` files."""
+    limit = max(MIN_TASK_LIMIT_S, math.ceil(LIMIT_SAFETY * chunk_size * seconds_per_file()))
+    return limit, limit + 2
+
+
 def job_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
     """Settings shared by the worker, the API and in-test managers of one test."""
     tag = uuid.uuid4().hex[:10]
@@ -126,12 +161,14 @@ def job_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
             "SQUID_RESULTS_DIR": str(tmp / "results"),
             "SQUID_IMPORT_ROOT": str(tmp / "import"),
             "SQUID_CHUNK_SIZE": "4",
-            "SQUID_VISIBILITY_TIMEOUT_S": "8",
-            "SQUID_TASK_TIME_LIMIT_S": "6",
             "SQUID_LOG_LEVEL": "INFO",
             **extra,
         }
     )
+    if "SQUID_TASK_TIME_LIMIT_S" not in extra:
+        limit, visibility = task_limits(int(env["SQUID_CHUNK_SIZE"]))
+        env["SQUID_TASK_TIME_LIMIT_S"] = str(limit)
+        env["SQUID_VISIBILITY_TIMEOUT_S"] = str(visibility)
     return env
 
 

@@ -9,6 +9,8 @@ failed state; never a job that silently lost rows.
 from __future__ import annotations
 
 import csv
+import json
+import os
 import re
 import shutil
 import time
@@ -22,8 +24,18 @@ import redis
 from service.jobs.inprocess import run_inprocess
 from service.jobs.manager import JobError, JobManager, JobView
 from service.settings import Settings
-from tests.jobs.jobs_support import JOB_TIMEOUT_S, RedisServer, Worker, job_env, start_worker, wait_for
+from tests.jobs.jobs_support import (
+    JOB_TIMEOUT_S,
+    RedisServer,
+    Worker,
+    job_env,
+    metric_value,
+    start_worker,
+    wait_for,
+)
 from tests.jobs.pacs_tree import build_bulk_tree
+
+pytestmark = pytest.mark.slow  # own redis-server and workers per test, killed and restarted
 
 FILES = 120
 
@@ -203,3 +215,99 @@ def test_pool_processes_over_the_memory_limit_are_replaced_and_the_job_completes
         assert_exactly_once(rows_of(manager, final.id), paths)
         loaded = set(re.findall(r"worker process (\d+) loaded model", worker.logs()))
         assert len(loaded) >= 3, "every task leaves its process above 1 MB, so each is replaced"
+
+
+def test_a_chunk_past_the_task_time_limit_becomes_worker_lost_rows(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    """A read that never returns (a FIFO where a file was: a hung network share) holds its chunk past
+    the hard time limit on every delivery; after ``max_deliveries`` its files are ``worker_lost``
+    rows, the rest of the job is scored and the job finishes."""
+    root, paths = bulk
+    last_chunk = sorted(paths)[-4:]  # the walk order is the sorted relative paths; chunks of 4
+    with one_worker_stack(tmp_path, persistent=False) as (_, manager, worker):
+        job = manager.submit_path("bulk")
+        wait_for(lambda: manager.get(job.id).total == FILES, JOB_TIMEOUT_S, "the job to be planned", 0.02)
+        worker.freeze()
+        try:
+            view = manager.get(job.id)
+            assert view.chunks_done <= view.chunks - 4, "the last chunk must not have started yet"
+            hung = root / last_chunk[-1]
+            hung.unlink()
+            os.mkfifo(hung)  # stat() says size 0; open() for reading blocks until a writer comes
+        finally:
+            worker.thaw()
+        final = follow(manager, job.id)
+        assert final.state == "succeeded", final
+        assert (final.total, final.scored, final.failed) == (FILES, FILES - 4, 4), final
+        rows = rows_of(manager, job.id)
+        assert sorted(row["path"] for row in rows) == sorted(paths), "every file exactly once"
+        lost = {row["path"]: row for row in rows if row["status"] != "scored"}
+        assert sorted(lost) == last_chunk
+        for row in lost.values():
+            assert (row["status"], row["reason"]) == ("failed", "worker_lost"), row
+            assert "time limit" in row["detail"], row
+        limit = manager.settings.task_time_limit_s
+        logs = worker.logs()
+        assert f"Hard time limit ({limit}s) exceeded" in logs, logs[-3000:]
+        assert len(set(re.findall(r"worker process (\d+) loaded model", logs))) >= 2, "a killed one replaced"
+
+
+def retagged_artifact(target: Path) -> str:
+    """The shipped artifact under another model version: a worker that must not score a job planned
+    for the shipped one (its resume cache and rows would mix two models)."""
+    import onnx
+
+    from model.artifact import METADATA_KEY
+    from model.artifact_source import default_artifact_path
+
+    model = onnx.load(str(default_artifact_path()))
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    meta = json.loads(entry.value)
+    meta["model_version"] += ".other"
+    entry.value = json.dumps(meta)
+    onnx.save(model, str(target))
+    return str(meta["model_version"])
+
+
+def test_a_worker_with_another_model_leaves_the_job_model_mismatch_rows_not_scores(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    """A rolling upgrade mid-job: the worker that planned the job with the shipped model is stopped
+    (warm shutdown) and the only worker left serves another version. It requeues each chunk until
+    ``max_deliveries``, then fails its files as ``model_mismatch``: it never scores them with the
+    wrong model."""
+    _, paths = bulk
+    other = tmp_path / "other.onnx"
+    other_version = retagged_artifact(other)
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    env = job_env(tmp_path, server.url)
+    manager = JobManager(settings_for(env))
+    planner = start_worker(env, tmp_path / "worker-shipped.log")
+    stranger = None
+    try:
+        job = manager.submit_path("bulk")
+        # One pool process: a finished chunk means the plan task (all chunks sent) is done too.
+        wait_for(lambda: manager.get(job.id).chunks_done >= 1, JOB_TIMEOUT_S, "a scored chunk", 0.02)
+        planner.stop()
+        job_version = manager.get(job.id).model_version
+        assert job_version and job_version != other_version
+        stranger = start_worker({**env, "SQUID_MODEL_PATH": str(other)}, tmp_path / "worker-other.log")
+        final = follow(manager, job.id)
+        assert final.state == "succeeded", final
+        rows = rows_of(manager, job.id)
+        assert sorted(row["path"] for row in rows) == sorted(paths), "every file exactly once"
+        mismatched = [row for row in rows if row["status"] != "scored"]
+        assert mismatched, "the planner cannot have scored the whole job before it was killed"
+        assert {(row["status"], row["reason"]) for row in mismatched} == {("failed", "model_mismatch")}
+        assert all(job_version in row["detail"] for row in mismatched)
+        assert {row["model_version"] for row in rows} == {job_version}, "no row from the other model"
+        text = stranger.metrics()
+        assert metric_value(text, "squid_batch_tasks_total", {"task": "chunk", "outcome": "failed"}) >= 1
+        assert metric_value(text, "squid_batch_tasks_total", {"task": "chunk", "outcome": "requeued"}) >= 1
+        assert metric_value(text, "squid_batch_files_total", {"outcome": "scored"}) == 0
+    finally:
+        for worker in (planner, stranger):
+            if worker is not None:
+                worker.stop()
+        server.kill()

@@ -35,6 +35,8 @@ from tests.jobs.jobs_support import (
 )
 from tests.jobs.pacs_tree import INSTANCE_HEADER, SENTINELS, Expected, check_rows_against, zip_tree
 
+pytestmark = pytest.mark.slow  # a real API and worker stack over a PACS tree
+
 RESULT_FILES = ("instances.csv", "instances.jsonl", "studies.csv")
 
 

@@ -19,6 +19,8 @@ from training.metrics import roc_auc  # noqa: E402
 from training.scoring import score_images  # noqa: E402
 from training.trainer import TrainData, Trainer, TrainOptions  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a short training run
+
 DIGIT_AUC_SEEN = 0.832
 AUC_FLOOR = 0.65
 

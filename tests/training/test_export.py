@@ -24,6 +24,8 @@ from training import checkpoint as ckpt  # noqa: E402
 from training import export as exporter  # noqa: E402
 from training.scoring import score_images  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains and exports a tiny model
+
 
 def test_artifact_matches_torch_on_real_images(tiny_checkpoint, tiny_artifact, real_images):
     state = ckpt.load(tiny_checkpoint)

@@ -14,6 +14,8 @@ from training import checkpoint as ckpt  # noqa: E402
 from training.scoring import score_images  # noqa: E402
 from training.trainer import LabelledSet, TrainData, Trainer, TrainOptions, last_path  # noqa: E402
 
+pytestmark = pytest.mark.slow  # several tiny training runs
+
 
 def tiny_data(seed=0):
     rng = np.random.default_rng(seed)
