@@ -66,6 +66,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("squid", include=["service.jobs.tasks"])
+    app = Celery("squid", include=["service.jobs.tasks", "service.jobs.recovery"])
     app.conf.update(celery_config(settings))
     return app

@@ -106,7 +106,7 @@ class JobState:
         if changed:
             with self.client.pipeline() as pipe:
                 pipe.srem(self.active_key, job_id)
-                for suffix in ("", ":chunks", ":attempts"):
+                for suffix in ("", ":chunks", ":attempts", ":inflight"):
                     pipe.expire(self.key(job_id, suffix), ttl_s)
                 pipe.execute()
         return changed

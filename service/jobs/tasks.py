@@ -24,7 +24,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 
 from model.runtime import SquidRuntime
 from service import metrics as score_metrics
-from service.jobs import dicom_outputs, metrics
+from service.jobs import dicom_outputs, heartbeat, metrics
 from service.jobs.archive import ArchiveError, extract_archive, remove_tree
 from service.jobs.cache import NullCache, RedisScoreCache, ScoreCache
 from service.jobs.celery_app import CHUNK_TASK, FINALIZE_TASK, PLAN_TASK, app
@@ -148,7 +148,7 @@ def plan_job(self: Task, job_id: str, enqueued_at: float | None = None) -> None:
         metrics.QUEUE_WAIT.labels("plan").observe(max(0.0, time.time() - enqueued_at))
     started = time.perf_counter()
     try:
-        outcome = _plan(job_id)
+        outcome = heartbeat.run_leased(job_state(), settings(), job_id, "plan", self, lambda: _plan(job_id))
     except Reject:
         metrics.TASKS.labels("plan", "requeued").inc()
         raise
@@ -245,7 +245,10 @@ def score_chunk(self: Task, payload: dict[str, Any]) -> None:
     metrics.QUEUE_WAIT.labels("chunk").observe(max(0.0, time.time() - float(payload["enqueued_at"])))
     started = time.perf_counter()
     try:
-        outcome = _score_chunk(self, payload)
+        unit = heartbeat.chunk_unit(int(payload["index"]))
+        outcome = heartbeat.run_leased(
+            job_state(), settings(), str(payload["job_id"]), unit, self, lambda: _score_chunk(self, payload)
+        )
     except Reject:
         metrics.TASKS.labels("chunk", "requeued").inc()
         raise
@@ -359,7 +362,9 @@ def _observe(outcome: ChunkOutcome) -> None:
 def finalize_job(self: Task, job_id: str) -> None:
     started = time.perf_counter()
     try:
-        outcome = _finalize(job_id)
+        outcome = heartbeat.run_leased(
+            job_state(), settings(), job_id, "finalize", self, lambda: _finalize(job_id)
+        )
     except Exception as exc:
         log.exception("finalizing job %s failed; requeued", job_id)
         metrics.TASKS.labels("finalize", "requeued").inc()
