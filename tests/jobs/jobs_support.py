@@ -128,6 +128,10 @@ def job_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
             "SQUID_CHUNK_SIZE": "4",
             "SQUID_VISIBILITY_TIMEOUT_S": "8",
             "SQUID_TASK_TIME_LIMIT_S": "6",
+            # Leases beat twice a second and a lost worker's task is re-published within ~3 s.
+            "SQUID_HEARTBEAT_INTERVAL_S": "0.5",
+            "SQUID_HEARTBEAT_TTL_S": "2.5",
+            "SQUID_RECOVERY_INTERVAL_S": "0.5",
             "SQUID_LOG_LEVEL": "INFO",
             **extra,
         }
@@ -211,3 +215,32 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         timeout=JOB_TIMEOUT_S,
         check=False,
     )
+
+
+def chunk_running_on(worker: Worker, client: redis.Redis, prefix: str, job_id: str) -> int | None:
+    """A chunk of the job that a process of ``worker`` holds the lease of and has not finished."""
+    inflight = client.hgetall(f"{prefix}:job:{job_id}:inflight")
+    done = {int(key) for key in client.hkeys(f"{prefix}:job:{job_id}:chunks")}
+    for unit, entry in inflight.items():
+        token = entry.decode().split("\n", 1)[0]
+        if not unit.startswith(b"chunk:") or token.startswith("reaper:"):
+            continue
+        index, pid = int(unit.decode().split(":")[1]), int(token.rsplit(":", 2)[1])
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if group == worker.process.pid and index not in done:
+            return index
+    return None
+
+
+def freeze_holding_a_chunk(worker: Worker, client: redis.Redis, prefix: str, job_id: str) -> int | None:
+    """SIGSTOP ``worker`` at a moment it runs a chunk (the chunk's index), else leave it running."""
+    if chunk_running_on(worker, client, prefix, job_id) is None:
+        return None
+    worker.freeze()
+    index = chunk_running_on(worker, client, prefix, job_id)
+    if index is None:
+        worker.thaw()
+    return index
