@@ -8,6 +8,9 @@ Keys (``P`` = the configured key prefix):
   this hash, so a chunk finishing twice counts once.
 * ``P:job:ID:attempts`` hash: chunk index -> deliveries seen (poison-pill guard).
 * ``P:jobs:active`` set of queued/running job ids (for the backlog gauge).
+* ``P:job:ID:inflight`` hash and ``P:job:ID:lease:UNIT`` keys: running tasks and their heartbeat
+  leases (:mod:`service.jobs.heartbeat`); ``chunks_redelivered`` and ``events`` in the job hash are
+  written by the reaper (:mod:`service.jobs.recovery`).
 
 State changes are compare-and-set Lua scripts: a job only moves forward (queued -> running ->
 succeeded | failed | cancelled), and writes for a job Redis no longer knows are refused, so a
