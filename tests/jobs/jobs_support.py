@@ -128,9 +128,9 @@ def job_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
             "SQUID_CHUNK_SIZE": "4",
             "SQUID_VISIBILITY_TIMEOUT_S": "8",
             "SQUID_TASK_TIME_LIMIT_S": "6",
-            # Leases beat twice a second and a lost worker's task is re-published within ~3 s.
+            # Leases beat twice a second and a lost worker's task is re-published within ~6 s.
             "SQUID_HEARTBEAT_INTERVAL_S": "0.5",
-            "SQUID_HEARTBEAT_TTL_S": "2.5",
+            "SQUID_HEARTBEAT_TTL_S": "5",
             "SQUID_RECOVERY_INTERVAL_S": "0.5",
             "SQUID_LOG_LEVEL": "INFO",
             **extra,
