@@ -182,6 +182,10 @@ def score(
         Path | None, typer.Option(help="Artifact (default: $SQUID_MODEL_PATH or the shipped one).")
     ] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold.")] = None,
+    operating_point: Annotated[
+        str | None,
+        typer.Option(help="A named threshold of the artifact: default, spec90 (0.90 specificity)."),
+    ] = None,
     heatmap: Annotated[Path | None, typer.Option(help="Folder for heatmap overlay PNGs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     dicom_out: Annotated[
@@ -193,7 +197,7 @@ def score(
     from cli.scoring import score_files
 
     try:
-        failures = score_files(files, model, threshold, heatmap, as_json, dicom_out)
+        failures = score_files(files, model, threshold, heatmap, as_json, dicom_out, operating_point)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if failures:
@@ -247,10 +251,11 @@ def baseline(
 
 
 def _register_commands() -> None:
-    from cli import jobs, serve
+    from cli import jobs, node, serve
 
     serve.register(app)
     jobs.register(app)
+    node.register(app)
 
 
 _register_commands()

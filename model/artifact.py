@@ -39,6 +39,9 @@ class ArtifactMetadata:
     weights_sha256: str
     precision: str = "fp32"
     drift: dict[str, Any] = field(default_factory=dict)
+    # Named thresholds chosen with the default one (e.g. ``spec90``: 0.90 specificity on the
+    # selection set's normals), selectable at serving time without re-exporting.
+    operating_points: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCORE_NORMS = ("instance", "eval")
+SCORE_TARGETS = ("reconstruction", "input")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class SquidConfig:
     # Discriminator.
     discriminator_channels: tuple[int, ...] = (16, 32, 64, 128, 128)
     score_norm: str = "instance"
+    # What D judges at inference: the in-painted reconstruction (thesis Eq. 3.5) or the input itself
+    # (a documented alternative, measured in docs/experiments.md; training is the same either way).
+    score_on: str = "reconstruction"
     d_input_blur: float = 0.0
     # Losses (Eq. 3.6-3.12).
     lambda_t: float = 0.01
@@ -82,6 +86,8 @@ class SquidConfig:
             raise ValueError("decoder_skip_levels must leave at least one full-image level")
         if self.intensity not in ("minmax", "percentile", "equalize"):
             raise ValueError("intensity must be minmax, percentile or equalize (see model.preprocess)")
+        if self.score_on not in SCORE_TARGETS:
+            raise ValueError(f"score_on must be one of {SCORE_TARGETS}")
         if self.score_norm not in SCORE_NORMS:
             raise ValueError(f"score_norm must be one of {SCORE_NORMS}")
         if self.top_k < 1 or self.top_k > self.queue_items:
@@ -101,11 +107,6 @@ class SquidConfig:
     @property
     def bottleneck_size(self) -> int:
         return self.patch_size // 2 ** len(self.encoder_channels)
-
-    @property
-    def token_dim(self) -> int:
-        """Length of one memory-queue item: a whole patch's bottleneck feature, flattened."""
-        return self.bottleneck_channels * self.bottleneck_size**2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

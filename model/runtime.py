@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,7 @@ from numpy.typing import NDArray
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
 from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
+from model.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class SquidRuntime:
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
         threshold: float | None = None,
+        operating_point: str | None = None,
     ) -> None:
         self.path = resolve_artifact(path)
         if not self.path.is_file():
@@ -76,7 +79,15 @@ class SquidRuntime:
             raise ArtifactError(f"{self.path} has outputs {outputs}, expected {list(OUTPUT_NAMES)}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        if threshold is not None and operating_point is not None:
+            raise ValueError("give a threshold or an operating point, not both")
         self.threshold = float(self.metadata.threshold if threshold is None else threshold)
+        if operating_point is not None:
+            self.threshold = self.operating_point_threshold(operating_point)
+        try:
+            self.preprocessing  # noqa: B018 - an unknown intensity mode must fail at load, not per image
+        except ValueError as exc:
+            raise ArtifactError(f"{self.path} has preprocessing this runtime cannot apply: {exc}") from exc
         try:
             self.calibration = Calibration(**self.metadata.calibration)
         except (TypeError, ValueError) as exc:
@@ -87,6 +98,11 @@ class SquidRuntime:
     @property
     def input_size(self) -> int:
         return self.metadata.input_size
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing this artifact was trained with, read from its own spec."""
+        return Preprocessing.from_spec(self.metadata.preprocessing, self.input_size)
 
     def run(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """All artifact outputs for a (N, H, W) or (N, 1, H, W) batch of preprocessed images."""
@@ -121,6 +137,55 @@ class SquidRuntime:
             for i in range(len(batch))
         ]
 
+    def operating_point_threshold(self, name: str) -> float:
+        """The threshold of a named operating point; ``default`` is always the artifact's own."""
+        points = {"default": self.metadata.threshold, **self.metadata.operating_points}
+        if name not in points:
+            raise ValueError(f"operating point {name!r} is not in this artifact; it has {sorted(points)}")
+        return float(points[name])
+
     def warmup(self) -> None:
         """One inference so the first real request does not pay for session initialisation."""
         self.run(np.zeros((1, 1, self.input_size, self.input_size), np.float32))
+
+
+class RuntimeOptions(Protocol):
+    """What :func:`open_runtime` reads: the service's ``Settings`` has these fields."""
+
+    @property
+    def model_path(self) -> str | None: ...
+
+    @property
+    def providers(self) -> list[str] | None: ...
+
+    @property
+    def intra_op_threads(self) -> int | None: ...
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def operating_point(self) -> str | None: ...
+
+
+def open_runtime(
+    options: RuntimeOptions,
+    *,
+    model: Path | str | None = None,
+    threshold: float | None = None,
+    operating_point: str | None = None,
+) -> SquidRuntime:
+    """The one way the API, the workers, in-process jobs and the CLI open the artifact.
+
+    Providers and thread settings come from ``options`` everywhere, so a CLI run behaves like the
+    service it stands in for; ``model``, ``threshold`` and ``operating_point`` are the CLI's per-run
+    overrides (an explicit threshold also sets aside the configured operating point).
+    """
+    explicit = threshold is not None or operating_point is not None
+    return SquidRuntime(
+        model or options.model_path,
+        providers=options.providers,
+        intra_op_threads=options.intra_op_threads,
+        threshold=threshold if explicit else options.threshold,
+        operating_point=operating_point if explicit else options.operating_point,
+    )

@@ -48,7 +48,8 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 class InferenceChain(nn.Module):
     """What the artifact computes for a batch of preprocessed images (N, 1, H, W) in [0, 1].
 
-    Outputs the raw D logit, the calibrated score, the student reconstruction and an anomaly map:
+    Outputs the raw D logit (on the reconstruction, or on the input when the config's ``score_on``
+    says so), the calibrated score, the student reconstruction and an anomaly map:
     the absolute input/reconstruction residual smoothed by a Gaussian, at input resolution.
     """
 
@@ -73,7 +74,8 @@ class InferenceChain(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         reconstruction = self.generator.reconstruct(images)
-        raw = self.discriminator(reconstruction)
+        judged = images if self.generator.config.score_on == "input" else reconstruction
+        raw = self.discriminator(judged)
         score = torch.sigmoid(self.orientation * (raw - self.mu) / self.sigma)
         residual = F.pad((images - reconstruction).abs(), [self.pad] * 4, mode="reflect")
         anomaly_map = F.conv2d(residual, self.kernel)
@@ -120,6 +122,11 @@ def build_metadata(checkpoint: Checkpoint, chain: InferenceChain, version: str) 
         threshold=float(checkpoint.threshold["value"]),
         threshold_rule=checkpoint.threshold["rule"],
         threshold_detail=checkpoint.threshold.get("detail", {}),
+        operating_points={
+            name: float(point["value"])
+            for name, point in checkpoint.threshold.get("operating_points", {}).items()
+            if name != "default"
+        },
         score_norm=checkpoint.score_norm,
         validation=checkpoint.validation,
         training={

@@ -17,7 +17,9 @@ def score_images(
     batch_size: int = 64,
     norm: str | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
-    """(N, H, W) preprocessed images -> raw scores D(Gs(E(I))) (N,) and reconstructions (N, H, W).
+    """(N, H, W) preprocessed images -> raw scores (N,) and reconstructions (N, H, W).
+
+    The raw score is D(Gs(E(I))) (thesis Eq. 3.5), or D(I) when the config says ``score_on="input"``.
 
     Both networks run in eval mode, so BatchNorm uses running statistics in the generator and the
     chosen per-image (``instance``) or running (``eval``) statistics in the discriminator.
@@ -34,7 +36,8 @@ def score_images(
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))[:, None]
             recon = generator.reconstruct(batch)
-            scores.append(discriminator(recon).double().numpy())
+            judged = batch if generator.config.score_on == "input" else recon
+            scores.append(discriminator(judged).double().numpy())
             recons.append(recon[:, 0].numpy())
     finally:
         generator.train(was_training[0])

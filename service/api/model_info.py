@@ -20,7 +20,8 @@ async def model_info(state: StateDep) -> dict[str, Any]:
     info = runtime.metadata.to_dict()
     info["serving"] = {
         "threshold": runtime.threshold,
-        "threshold_source": "SQUID_THRESHOLD" if settings.threshold is not None else "artifact",
+        "threshold_source": _threshold_source(settings.threshold, settings.operating_point),
+        "operating_points": {"default": runtime.metadata.threshold, **runtime.metadata.operating_points},
         "artifact_threshold": runtime.metadata.threshold,
         "artifact_file": runtime.path.name,
         "providers": list(runtime.providers),
@@ -29,3 +30,9 @@ async def model_info(state: StateDep) -> dict[str, Any]:
         "max_upload_mb": settings.max_upload_mb,
     }
     return info
+
+
+def _threshold_source(threshold: float | None, operating_point: str | None) -> str:
+    if threshold is not None:
+        return "SQUID_THRESHOLD"
+    return f"SQUID_OPERATING_POINT={operating_point}" if operating_point else "artifact"

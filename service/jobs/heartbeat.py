@@ -150,7 +150,7 @@ class Leases:
 
     def inflight(self, job_id: str) -> list[InFlight]:
         raw = self.client.hgetall(self.inflight_key(job_id))
-        return [InFlight.decode(_text(unit), _text(value)) for unit, value in raw.items()]
+        return [InFlight.decode(text(unit), text(value)) for unit, value in raw.items()]
 
 
 class Heartbeat:
@@ -236,5 +236,5 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from celery.signals import worker_ready, worker_shutdown
 
-from service.jobs.heartbeat import REAPER_PREFIX, InFlight, Leases, holder_of, new_token
+from service.jobs.heartbeat import REAPER_PREFIX, InFlight, Leases, holder_of, new_token, text
 from service.jobs.state import JobState, now_iso
 from service.settings import Settings, get_settings
 
@@ -91,7 +91,7 @@ class Reaper:
 
     def sweep(self) -> list[Recovered]:
         recovered = []
-        for job_id in self.state.active_jobs():
+        for job_id in sorted(text(v) for v in self.client.smembers(self.state.active_key)):
             entries = self.leases.inflight(job_id)
             if not entries:
                 continue

@@ -144,11 +144,10 @@ def test_runtime_never_imports_torch(tiny_artifact, shared_data):
         "import sys, numpy as np\n"
         "from model.runtime import SquidRuntime\n"
         "from model.imaging import read_path\n"
-        "from model.preprocess import preprocess\n"
         "from model.heatmap import overlay_png\n"
         f"rt = SquidRuntime({str(tiny_artifact)!r})\n"
         f"img = read_path({str(shared_data / 'dicom/fo-dicom/CR-MONO1-10-chest.dcm')!r})\n"
-        "r = rt.score(preprocess(img.pixels, rt.input_size)[None])[0]\n"
+        "r = rt.score(rt.preprocessing(img.pixels)[None])[0]\n"
         "overlay_png(img.pixels, r.anomaly_map)\n"
         "assert 0.0 <= r.score <= 1.0\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -156,3 +155,32 @@ def test_runtime_never_imports_torch(tiny_artifact, shared_data):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_score_on_input_judges_the_input_in_torch_and_in_the_artifact(tiny_checkpoint, real_images, tmp_path):
+    state = ckpt.load(tiny_checkpoint)
+    state.config = {**state.config, "score_on": "input"}
+    generator, discriminator = state.build()
+    images = real_images["val"][:6]
+    raw, _ = score_images(generator, discriminator, images)
+    with torch.inference_mode():
+        direct = discriminator.eval()(torch.from_numpy(images)[:, None]).double().numpy()
+    np.testing.assert_allclose(raw, direct, atol=1e-6)
+    on_reconstruction, _ = score_images(*ckpt.load(tiny_checkpoint).build(), images)
+    assert not np.allclose(raw, on_reconstruction, atol=1e-3)
+    out = tmp_path / "input.onnx"
+    exporter.export(state, out, images, version="test")
+    np.testing.assert_allclose(SquidRuntime(out).run(images)["raw_score"], raw, atol=1e-4)
+
+
+def test_operating_points_travel_in_the_artifact_and_select_the_threshold(tiny_checkpoint, tiny_artifact):
+    state = ckpt.load(tiny_checkpoint)
+    spec90 = state.threshold["operating_points"]["spec90"]["value"]
+    runtime = SquidRuntime(tiny_artifact, operating_point="spec90")
+    assert runtime.metadata.operating_points == {"spec90": pytest.approx(spec90)}
+    assert runtime.threshold == pytest.approx(spec90)
+    assert SquidRuntime(tiny_artifact, operating_point="default").threshold == runtime.metadata.threshold
+    with pytest.raises(ValueError, match="spec90"):
+        SquidRuntime(tiny_artifact, operating_point="spec99")
+    with pytest.raises(ValueError, match="not both"):
+        SquidRuntime(tiny_artifact, threshold=0.5, operating_point="spec90")
