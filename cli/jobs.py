@@ -202,6 +202,7 @@ def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: boo
         f"{view.total} files in {view.elapsed_s or 0:.1f} s ({view.files_per_s or 0:.1f} files/s): "
         f"scored {view.scored} ({view.resumed} resumed), skipped {view.skipped}, failed {view.failed}; "
         f"job {view.id}; results in {out}"
+        + (f"; {view.chunks_redelivered} chunks sent again (worker lost)" if view.chunks_redelivered else "")
     )
 
 

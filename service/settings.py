@@ -93,6 +93,17 @@ class Settings(BaseSettings):
         ge=1,
         description="A worker pool process above this resident size is replaced after its current task.",
     )
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="How often a running batch task refreshes its lease in Redis."
+    )
+    heartbeat_ttl_s: float = Field(
+        45.0,
+        gt=0,
+        description="Lease lifetime: a task whose worker stopped beating this long is re-published.",
+    )
+    recovery_interval_s: float = Field(
+        15.0, gt=0, description="How often each worker looks for tasks orphaned by a lost worker."
+    )
     max_zip_extract_mb: float = Field(8192.0, gt=0, description="Largest uncompressed size of a zip job.")
     job_ttl_hours: float = Field(168.0, gt=0, description="How long finished jobs stay in Redis.")
     # The DICOM node (`squid listen`) and DICOMweb.
@@ -130,6 +141,15 @@ class Settings(BaseSettings):
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError(
                 "task_time_limit_s must be below visibility_timeout_s, or running tasks get redelivered"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_below_ttl(self) -> Settings:
+        if self.heartbeat_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                "heartbeat_ttl_s must be at least twice heartbeat_interval_s, or one late beat "
+                "re-publishes a task that is still running"
             )
         return self
 

@@ -50,6 +50,16 @@ class JobFailure(BaseModel):
     detail: str
 
 
+class JobEvent(BaseModel):
+    """One entry of a job's log: ``worker_lost``, a worker stopped beating and its task was sent again."""
+
+    at: str
+    event: str
+    unit: str = Field(description="What was affected: 'chunk:N', 'plan' or 'finalize'.")
+    worker: str = Field(description="The lost worker (host:pid).")
+    detail: str
+
+
 class JobOut(BaseModel):
     """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``failed`` (of ``total``)."""
 
@@ -77,6 +87,10 @@ class JobOut(BaseModel):
         description="Worker time per file by stage (read, decode, preprocess, inference, write), in ms."
     )
     dicom_out: bool = Field(description="Whether the job writes DICOM SR and secondary capture results.")
+    chunks_redelivered: int = Field(
+        description="Chunks sent again because the worker running them was lost (see events)."
+    )
+    events: list[JobEvent] = Field(description="The job's log: worker_lost events, oldest first.")
     results: dict[str, str] | None = Field(description="Result URLs once the job succeeded.")
 
 

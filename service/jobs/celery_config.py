@@ -10,7 +10,9 @@ Delivery guarantees come from the broker settings, exactly-once rows from idempo
   one in a busy process's buffer.
 * Redis ``visibility_timeout``: a task delivered to a worker that vanished entirely is redelivered
   after it; it must exceed the longest task, so the settings require the hard time limit to be lower.
-  The restore sweep runs every ``visibility_timeout / 10`` seconds (at most 10 s).
+  The restore sweep runs every ``visibility_timeout / 10`` seconds (at most 10 s). It is the last
+  resort: a running task holds a heartbeat lease, and the workers' reaper sends the task of a lost
+  worker again within a minute (:mod:`service.jobs.heartbeat`, :mod:`service.jobs.recovery`).
 * ``worker_max_memory_per_child``: a pool process whose resident memory grew past
   ``SQUID_WORKER_MAX_MEMORY_MB`` (decoding full-size radiographs fragments the heap) is replaced
   once its task is done; the new one loads the model in ``worker_process_init``.
@@ -66,6 +68,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("squid", include=["service.jobs.tasks"])
+    app = Celery("squid", include=["service.jobs.tasks", "service.jobs.recovery"])
     app.conf.update(celery_config(settings))
     return app

@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +25,7 @@ from service.errors import ApiError
 from service.jobs import dicom_outputs
 from service.jobs.archive import remove_upload
 from service.jobs.celery_config import PLAN_TASK, make_celery
+from service.jobs.recovery import parse_events
 from service.jobs.results import Format, Level, ResultStore
 from service.jobs.state import (
     CANCELLED,
@@ -78,6 +79,8 @@ class JobView:
     error: dict[str, str] | None
     stage_ms_per_file: dict[str, float]
     dicom_out: bool = False
+    chunks_redelivered: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -322,5 +325,7 @@ def _view(data: dict[str, Any], progress: dict[str, Any]) -> JobView:
         if done
         else {},
         dicom_out=str(data.get("dicom_out", "")) == "1",
+        chunks_redelivered=int(data.get("chunks_redelivered") or 0),
+        events=parse_events(data.get("events")),
         **counts,
     )

@@ -15,10 +15,13 @@ squid_batch_file_stage_seconds           histogram  stage (read|decode|preproces
 squid_batch_queue_wait_seconds           histogram  task        enqueue -> start
 squid_batch_task_seconds                 histogram  task        start -> end
 squid_batch_jobs_finished_total          counter    state (succeeded|failed)
+squid_batch_redelivered_total            counter    task (chunk|plan|finalize), reason (worker_lost)
 squid_batch_worker_info                  gauge      model_version, providers (value 1)
 squid_batch_queue_messages               gauge      queue       waiting messages (from Redis)
 squid_batch_unacked_messages             gauge      -           delivered, not yet acknowledged
 squid_batch_jobs                         gauge      state (queued|running)
+squid_batch_job_idle_seconds             gauge      -           longest a running job went without
+                                                                finishing a chunk (0: none running)
 squid_batch_redis_up                     gauge      -           1 when the scrape reached Redis
 """
 
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -67,6 +72,12 @@ TASK_TIME = Histogram("squid_batch_task_seconds", "Task run time.", ["task"], bu
 JOBS_FINISHED = Counter("squid_batch_jobs_finished_total", "Jobs finished, by final state.", ["state"])
 for _state in ("succeeded", "failed"):  # exist at 0 so increase() sees the first failure
     JOBS_FINISHED.labels(_state)
+REDELIVERED = Counter(
+    "squid_batch_redelivered_total",
+    "Tasks sent again because the worker running them stopped beating (the reaper's work).",
+    ["task", "reason"],
+)
+REDELIVERED.labels("chunk", "worker_lost")  # exists at 0 so increase() sees the first loss
 WORKER_INFO = Gauge(
     "squid_batch_worker_info",
     "The model a worker process serves (value 1).",
@@ -92,13 +103,16 @@ class BacklogCollector(Collector):
                 pipe.smembers(self.state.active_key)
                 *lengths, unacked, active = pipe.execute()
             states: dict[str, int] = {"queued": 0, "running": 0}
+            idle = 0.0
             if active:
                 with self.client.pipeline() as pipe:
                     for job_id in active:
-                        pipe.hget(self.state.key(job_id.decode()), "state")
-                    for state in pipe.execute():
+                        pipe.hmget(self.state.key(job_id.decode()), "state", "started_at", "progress_at")
+                    for state, started, progress in pipe.execute():
                         if state is not None and state.decode() in states:
                             states[state.decode()] += 1
+                        if state == b"running":
+                            idle = max(idle, idle_seconds(started, progress))
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
@@ -117,6 +131,19 @@ class BacklogCollector(Collector):
         for state, count in states.items():
             jobs.add_metric([state], count)
         yield jobs
+        yield GaugeMetricFamily(
+            "squid_batch_job_idle_seconds",
+            "Longest time a running job has gone without finishing a chunk (since its start).",
+            value=round(idle, 3),
+        )
+
+
+def idle_seconds(started_at: bytes | None, progress_at: bytes | None) -> float:
+    """Seconds since the job last finished a unit of work (or started, before the first one)."""
+    last = float(progress_at) if progress_at else 0.0
+    if started_at:
+        last = max(last, datetime.fromisoformat(started_at.decode()).timestamp())
+    return max(0.0, time.time() - last) if last else 0.0
 
 
 def serve_metrics(port: int, backlog: Collector | None) -> None:

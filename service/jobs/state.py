@@ -8,6 +8,9 @@ Keys (``P`` = the configured key prefix):
   this hash, so a chunk finishing twice counts once.
 * ``P:job:ID:attempts`` hash: chunk index (or ``plan``) -> deliveries seen (poison-pill guard).
 * ``P:jobs:active`` set of queued/running job ids (for the backlog gauge).
+* ``P:job:ID:inflight`` hash and ``P:job:ID:lease:UNIT`` keys: running tasks and their heartbeat
+  leases (:mod:`service.jobs.heartbeat`); ``chunks_redelivered`` and ``events`` in the job hash are
+  written by the reaper (:mod:`service.jobs.recovery`).
 
 State changes are compare-and-set Lua scripts: a job only moves forward (queued -> running ->
 succeeded | failed | cancelled), and writes for a job Redis no longer knows are refused, so a
@@ -110,7 +113,7 @@ class JobState:
         if changed:
             with self.client.pipeline() as pipe:
                 pipe.srem(self.active_key, job_id)
-                for suffix in ("", ":chunks", ":attempts"):
+                for suffix in ("", ":chunks", ":attempts", ":inflight"):
                     pipe.expire(self.key(job_id, suffix), ttl_s)
                 pipe.execute()
         return changed

@@ -126,17 +126,17 @@ def seconds_per_file() -> float:
     limits of the worker tests are derived from it instead of a fixed number a starved machine hits.
     """
     from model.runtime import SquidRuntime
-    from service.pipeline import infer, prepare
+    from model.steps import infer, prepare
 
     runtime = SquidRuntime(intra_op_threads=1)
     files = [path.read_bytes() for path in sorted(SAMPLES.iterdir()) if path.suffix in (".dcm", ".jpeg")]
-    infer(runtime, [prepare(files[0], runtime.input_size, 100_000_000)])  # warm-up
+    infer(runtime, [prepare(files[0], runtime.preprocessing, 100_000_000)])  # warm-up
     rounds = []
     for _ in range(3):
         slowest = 0.0
         for data in files:
             started = time.perf_counter()
-            infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+            infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
             slowest = max(slowest, time.perf_counter() - started)
         rounds.append(slowest)
     return min(rounds)
@@ -161,6 +161,10 @@ def job_env(tmp: Path, redis_url: str, **extra: str) -> dict[str, str]:
             "SQUID_RESULTS_DIR": str(tmp / "results"),
             "SQUID_IMPORT_ROOT": str(tmp / "import"),
             "SQUID_CHUNK_SIZE": "4",
+            # Leases beat twice a second and a lost worker's task is re-published within ~6 s.
+            "SQUID_HEARTBEAT_INTERVAL_S": "0.5",
+            "SQUID_HEARTBEAT_TTL_S": "5",
+            "SQUID_RECOVERY_INTERVAL_S": "0.5",
             "SQUID_LOG_LEVEL": "INFO",
             **extra,
         }
@@ -248,3 +252,32 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         timeout=JOB_TIMEOUT_S,
         check=False,
     )
+
+
+def chunk_running_on(worker: Worker, client: redis.Redis, prefix: str, job_id: str) -> int | None:
+    """A chunk of the job that a process of ``worker`` holds the lease of and has not finished."""
+    inflight = client.hgetall(f"{prefix}:job:{job_id}:inflight")
+    done = {int(key) for key in client.hkeys(f"{prefix}:job:{job_id}:chunks")}
+    for unit, entry in inflight.items():
+        token = entry.decode().split("\n", 1)[0]
+        if not unit.startswith(b"chunk:") or token.startswith("reaper:"):
+            continue
+        index, pid = int(unit.decode().split(":")[1]), int(token.rsplit(":", 2)[1])
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if group == worker.process.pid and index not in done:
+            return index
+    return None
+
+
+def freeze_holding_a_chunk(worker: Worker, client: redis.Redis, prefix: str, job_id: str) -> int | None:
+    """SIGSTOP ``worker`` at a moment it runs a chunk (the chunk's index), else leave it running."""
+    if chunk_running_on(worker, client, prefix, job_id) is None:
+        return None
+    worker.freeze()
+    index = chunk_running_on(worker, client, prefix, job_id)
+    if index is None:
+        worker.thaw()
+    return index

@@ -28,6 +28,7 @@ from tests.jobs.jobs_support import (
     JOB_TIMEOUT_S,
     RedisServer,
     Worker,
+    freeze_holding_a_chunk,
     job_env,
     metric_value,
     start_worker,
@@ -122,26 +123,24 @@ def bulk(tmp_path: Path, bulk_source: tuple[Path, list[str]]) -> tuple[Path, lis
 def test_sigkill_worker_mid_job_then_another_worker_finishes_it(
     tmp_path: Path, bulk: tuple[Path, list[str]]
 ) -> None:
+    """The worker started after the loss finds the orphaned chunk (its lease expired) and sends it
+    again; the visibility timeout is the default hour, so kombu's own restore plays no part."""
     root, paths = bulk
     server = RedisServer(tmp_path / "redis", persistent=True).start()
-    env = job_env(tmp_path, server.url)
+    env = job_env(tmp_path, server.url, SQUID_VISIBILITY_TIMEOUT_S="3600", SQUID_TASK_TIME_LIMIT_S="1800")
     manager = JobManager(settings_for(env))
     first = start_worker(env, tmp_path / "worker-1.log")
     second = None
     try:
         job = manager.submit_path("bulk")
 
-        def frozen_mid_chunk() -> bool:
-            """Stop the worker at a moment it holds an unacknowledged chunk (else let it go on)."""
+        def frozen_mid_chunk() -> int | None:
+            """Stop the worker at a moment it runs a chunk, after a few (else let it go on)."""
             if not in_flight(manager, job.id, 3):
-                return False
-            first.freeze()
-            if manager.client.hlen("unacked") >= 1:
-                return True
-            first.thaw()
-            return False
+                return None
+            return freeze_holding_a_chunk(first, manager.client, manager.settings.key_prefix, job.id)
 
-        wait_for(frozen_mid_chunk, JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
+        wait_for(lambda: frozen_mid_chunk() is not None, JOB_TIMEOUT_S, "a chunk in flight", interval=0.02)
         first.kill()
         assert manager.client.hlen("unacked") >= 1, "the killed worker's chunk must still be unacknowledged"
         assert not manager.get(job.id).finished
@@ -149,6 +148,9 @@ def test_sigkill_worker_mid_job_then_another_worker_finishes_it(
         final = follow(manager, job.id)
         assert final.state == "succeeded", final
         assert final.total == final.done == final.scored == FILES
+        assert final.chunks_redelivered >= 1
+        assert [event["event"] for event in final.events] == ["worker_lost"] * len(final.events)
+        assert manager.client.hlen("unacked") == 0, "the dead delivery must not come back in an hour"
         rows = rows_of(manager, job.id)
         assert_exactly_once(rows, paths)
         local = run_inprocess(root, tmp_path / "local", settings_for(env))

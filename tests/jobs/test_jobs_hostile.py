@@ -33,7 +33,7 @@ from tests.jobs.jobs_support import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = REPO_ROOT / "samples" / "normal-IM-0243-0001-MONOCHROME1.dcm"
+SAMPLE = REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm"
 
 
 @dataclass

@@ -9,18 +9,23 @@ from celery import Task
 
 from service.jobs import dicom_outputs
 from service.jobs.celery_app import FINALIZE_TASK, app
+from service.jobs.heartbeat import run_leased
 from service.jobs.results import ResultStore
 from service.jobs.state import RUNNING, SUCCEEDED
 from service.jobs.task_wrapper import run_tracked
 from service.jobs.tasks.common import end_job, fail_job
 from service.jobs.worker_redis import job_state
+from service.settings import get_settings
 
 log = logging.getLogger("service.jobs.tasks")
 
 
 @app.task(name=FINALIZE_TASK, bind=True)
 def finalize_job(self: Task, job_id: str) -> None:
-    run_tracked("finalize", f"finalizing job {job_id}", lambda: _finalize(job_id))
+    def leased() -> str:
+        return run_leased(job_state(), get_settings(), job_id, "finalize", self, lambda: _finalize(job_id))
+
+    run_tracked("finalize", f"finalizing job {job_id}", leased)
 
 
 def _finalize(job_id: str) -> str:

@@ -11,6 +11,7 @@ from celery import Task
 from service.jobs.archive import ArchiveError, Skipped, extract_archive, remove_upload
 from service.jobs.celery_app import CHUNK_TASK, PLAN_TASK, app
 from service.jobs.chunking import make_chunks
+from service.jobs.heartbeat import run_leased
 from service.jobs.results import ResultStore
 from service.jobs.scoring import model_namespace
 from service.jobs.state import PLAN_ATTEMPT, QUEUED, RUNNING, now_iso
@@ -26,7 +27,10 @@ log = logging.getLogger("service.jobs.tasks")
 
 @app.task(name=PLAN_TASK, bind=True)
 def plan_job(self: Task, job_id: str, enqueued_at: float | None = None) -> None:
-    run_tracked("plan", f"planning job {job_id}", lambda: _plan(job_id), enqueued_at)
+    def leased() -> str:
+        return run_leased(job_state(), get_settings(), job_id, "plan", self, lambda: _plan(job_id))
+
+    run_tracked("plan", f"planning job {job_id}", leased, enqueued_at)
 
 
 def _plan(job_id: str) -> str:

@@ -18,6 +18,7 @@ from service import metrics as score_metrics
 from service.jobs import dicom_outputs, metrics
 from service.jobs.cache import NullCache, RedisScoreCache, ScoreCache
 from service.jobs.celery_app import CHUNK_TASK, app
+from service.jobs.heartbeat import chunk_unit, run_leased
 from service.jobs.results import ResultStore
 from service.jobs.rows import Reason, Row
 from service.jobs.scoring import STAGES, ChunkOutcome, model_namespace, score_entries
@@ -35,7 +36,13 @@ log = logging.getLogger("service.jobs.tasks")
 @app.task(name=CHUNK_TASK, bind=True, max_retries=None)
 def score_chunk(self: Task, payload: dict[str, Any]) -> None:
     what = f"chunk {payload.get('index')} of job {payload.get('job_id')}"
-    run_tracked("chunk", what, lambda: _score_chunk(self, payload), float(payload["enqueued_at"]))
+    job_id, unit = str(payload["job_id"]), chunk_unit(int(payload["index"]))
+
+    def leased() -> str:
+        body = lambda: _score_chunk(self, payload)  # noqa: E731
+        return run_leased(job_state(), get_settings(), job_id, unit, self, body)
+
+    run_tracked("chunk", what, leased, float(payload["enqueued_at"]))
 
 
 def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
