@@ -40,6 +40,8 @@ class ScoreResult:
     is_anomalous: bool
     threshold: float
     anomaly_map: NDArray[np.float32]
+    # The map value drawn in full colour, fixed per artifact (None: an old artifact, scale per image).
+    map_scale: float | None = None
 
 
 class SquidRuntime:
@@ -93,6 +95,12 @@ class SquidRuntime:
     def input_size(self) -> int:
         return self.metadata.input_size
 
+    @property
+    def map_scale(self) -> float | None:
+        """The artifact's fixed colour scale for its map: the same colour means the same evidence."""
+        value = self.metadata.anomaly_map.get("display_max")
+        return float(value) if value else None
+
     def run(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """All artifact outputs for a (N, H, W) or (N, 1, H, W) batch of preprocessed images."""
         if batch.ndim == 3:
@@ -122,6 +130,7 @@ class SquidRuntime:
                 is_anomalous=bool(scores[i] >= self.threshold),
                 threshold=self.threshold,
                 anomaly_map=out["anomaly_map"][i, 0],
+                map_scale=self.map_scale,
             )
             for i in range(len(batch))
         ]
