@@ -2,7 +2,7 @@
 
 One run, same files, same artifact and thread settings:
 
-- ``inprocess``: ``service.pipeline.prepare`` + ``infer`` per file in this process, one after the
+- ``inprocess``: ``model.steps.prepare`` + ``infer`` per file in this process, one after the
   other (what a caller embedding the model would do, with no HTTP, no JSON, no batching);
 - ``http-c{1,4,16}``: a real ``squid serve`` subprocess on a free port, driven by C client threads,
   each with its own keep-alive connection, multipart uploads.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests" / "service"))
 from http_support import metric_value, start_server, stop_server  # noqa: E402
 
 from model.runtime import SquidRuntime  # noqa: E402
-from service.pipeline import infer, prepare  # noqa: E402
+from model.steps import infer, prepare  # noqa: E402
 
 DATA = Path(os.environ.get("SQUID_DATA_DIR", ROOT.parent / "shared" / "data"))
 DICOMS = (
@@ -85,7 +85,7 @@ def bench_inprocess(files: list[bytes], rounds: int, threads: int | None) -> dic
     for _ in range(rounds):
         for data in files:
             t0 = time.perf_counter()
-            infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+            infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
             latencies.append(time.perf_counter() - t0)
     return summary(latencies, time.perf_counter() - start)
 

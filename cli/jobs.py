@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,10 +21,11 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def batch(
-    folder: Annotated[
-        Path, typer.Argument(help="PACS export folder (DICOM with or without .dcm, DICOMDIR, PNG, JPEG).")
-    ],
     out: Annotated[Path, typer.Option(help="Folder for instances.csv, instances.jsonl, studies.csv.")],
+    folder: Annotated[
+        Path | None,
+        typer.Argument(help="PACS export folder (DICOM with or without .dcm, DICOMDIR, PNG, JPEG)."),
+    ] = None,
     chunk_size: Annotated[
         int | None, typer.Option(min=1, help="Files per chunk (default $SQUID_CHUNK_SIZE).")
     ] = None,
@@ -42,19 +44,73 @@ def batch(
             "listed in OUT/dicom_outputs.csv (scores every file: maps are not kept for resuming).",
         ),
     ] = False,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            help="Pull studies from this DICOMweb URL instead of a folder (or $SQUID_DICOMWEB_URL)."
+        ),
+    ] = None,
+    study: Annotated[list[str] | None, typer.Option(help="Study Instance UID to pull (repeatable).")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Pull studies from this StudyDate on.")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Pull studies up to this StudyDate.")
+    ] = None,
 ) -> None:
-    """Score every chest X-ray under FOLDER: in-process without a broker, else on the workers."""
+    """Score every chest X-ray under FOLDER, or studies pulled by DICOMweb: in-process without a broker,
+    else on the workers."""
     from service.settings import get_settings
 
     settings = get_settings()
     if chunk_size:
         settings = settings.model_copy(update={"chunk_size": chunk_size})
+    pulling = bool(dicomweb or study or since or until)
+    if pulling:
+        if folder is not None:
+            raise _fail("give a FOLDER or --dicomweb/--study/--since/--until, not both")
+        folder = _pull(settings, dicomweb, study or [], since, until, out)
+    if folder is None:
+        raise _fail("give a FOLDER, or --study/--since/--until with --dicomweb")
     if not folder.is_dir():
         raise _fail(f"not a folder: {folder}")
     if settings.broker_url and not in_process:
         _batch_on_workers(folder, out, settings, progress, dicom_out)
     else:
         _batch_in_process(folder, out, settings, resume, progress, dicom_out)
+
+
+def _pull(
+    settings: Settings,
+    url: str | None,
+    studies: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    out: Path,
+) -> Path:
+    """Pull the studies (named, or found by StudyDate with QIDO-RS) into ``OUT/.work/dicomweb``."""
+    import shutil
+
+    from service.node.dicomweb import find_studies, pull_study
+
+    folder = out / ".work" / "dicomweb"
+    shutil.rmtree(folder, ignore_errors=True)  # a pull is a snapshot: no instances of an earlier one
+    folder.mkdir(parents=True)
+    try:
+        uids = list(studies)
+        if since or until:
+            uids += find_studies(
+                settings, url, since.date() if since else None, until.date() if until else None
+            )
+        if not uids:
+            raise _fail("no study to pull: give --study UID or a --since/--until range that matches", 1)
+        count = sum(pull_study(settings, url, uid, folder) for uid in sorted(set(uids)))
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:  # requests' connection errors are OSErrors
+        raise _fail(f"DICOMweb server unreachable: {type(exc).__name__}", 1) from exc
+    typer.echo(f"pulled {count} instances of {len(set(uids))} studies", err=True)
+    return folder
 
 
 def _batch_in_process(

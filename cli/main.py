@@ -255,10 +255,11 @@ def baseline(
 
 
 def _register_commands() -> None:
-    from cli import jobs, serve
+    from cli import jobs, node, serve
 
     serve.register(app)
     jobs.register(app)
+    node.register(app)
 
 
 _register_commands()

@@ -1,4 +1,4 @@
-"""``squid score``: the HTTP service's scoring path (``service.pipeline``) on local files."""
+"""``squid score``: the scoring steps every entry point shares (:mod:`model.steps`) on local files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import typer
 from model.dicom_results import ModelInfo, NotBuilt, write_for_upload
 from model.heatmap import overlay_png
 from model.imaging import DecodedImage, ImageRejected
-from model.runtime import ScoreResult, SquidRuntime
-from service.pipeline import Prepared, infer, prepare
+from model.runtime import ScoreResult, open_runtime
+from model.steps import Prepared, infer, prepare
 from service.settings import get_settings
 
 
@@ -27,8 +27,7 @@ def score_files(
 ) -> int:
     """Print one line per file; return how many could not be scored."""
     settings = get_settings()
-    point = operating_point or (settings.operating_point if threshold is None else None)
-    runtime = SquidRuntime(model or settings.model_path, threshold=threshold, operating_point=point)
+    runtime = open_runtime(settings, model=model, threshold=threshold, operating_point=operating_point)
     if heatmap:
         heatmap.mkdir(parents=True, exist_ok=True)
     model_info = ModelInfo.from_metadata(runtime.metadata)
@@ -36,7 +35,7 @@ def score_files(
     for path in files:
         try:
             data = path.read_bytes()
-            item: Prepared = prepare(data, runtime.input_size, settings.max_pixels)
+            item: Prepared = prepare(data, runtime.preprocessing, settings.max_pixels)
         except (ImageRejected, OSError) as exc:
             failures += 1
             reason = exc.reason if isinstance(exc, ImageRejected) else "unreadable"

@@ -36,6 +36,7 @@ def serve(
 
     from model.artifact import ArtifactError
     from model.artifact_source import resolve_artifact
+    from service.http_guard import PROTOCOL
     from service.logs import logging_config
     from service.readiness import READY_DIR_ENV
     from service.settings import get_settings
@@ -79,6 +80,9 @@ def serve(
             access_log=False,
             proxy_headers=False,
             server_header=False,
+            http=PROTOCOL,
+            h11_max_incomplete_event_size=settings.max_header_kb * 1024 + 1024,
+            timeout_keep_alive=int(max(1, settings.keep_alive_s)),
         )
     finally:
         for folder in scratch:

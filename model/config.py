@@ -108,11 +108,6 @@ class SquidConfig:
     def bottleneck_size(self) -> int:
         return self.patch_size // 2 ** len(self.encoder_channels)
 
-    @property
-    def token_dim(self) -> int:
-        """Length of one memory-queue item: a whole patch's bottleneck feature, flattened."""
-        return self.bottleneck_channels * self.bottleneck_size**2
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

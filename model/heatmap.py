@@ -9,6 +9,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from model.blockwise import map_rows
+
 # Anchor colours of a perceptually ordered "inferno"-like map, dark (low) to bright (high).
 _ANCHORS = np.array(
     [
@@ -63,13 +65,17 @@ def overlay_rgb(
     the artifact's fixed scale (``ScoreResult.map_scale``) so a colour means the same amount of
     evidence on every image; without one (an old residual-map artifact) the map's own maximum.
     """
-    gray = np.asarray(image, dtype=np.float32)
-    low, high = float(gray.min()), float(gray.max())
-    gray = (gray - low) / (high - low) if high > low else np.zeros_like(gray)
-    h, w = gray.shape
+    low, high = float(np.min(image)), float(np.max(image))
+
+    def to_uint8(rows: NDArray[Any]) -> NDArray[np.uint8]:  # by row blocks: no full-size float copies
+        gray = np.asarray(rows, dtype=np.float32)
+        gray = (gray - low) / (high - low) if high > low else np.zeros_like(gray)
+        return (gray * 255).astype(np.uint8)
+
+    h, w = image.shape
     scale = min(1.0, max_side / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    base = Image.fromarray((gray * 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    base = Image.fromarray(map_rows(image, to_uint8, np.uint8)).resize(size, Image.Resampling.BILINEAR)
     top = float(vmax if vmax is not None else anomaly_map.max())
     heat = anomaly_map / top if top > 0 else np.zeros_like(anomaly_map)
     heat_img = Image.fromarray(heat.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)

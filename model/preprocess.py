@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from model.blockwise import map_rows
+
 PREPROCESSING_VERSION = 2
 INTENSITY_MODES = ("minmax", "percentile", "equalize")
 PERCENTILES = (1.0, 99.0)
@@ -61,13 +63,16 @@ def _check_mode(mode: str) -> None:
 def unit_range(pixels: NDArray[Any]) -> NDArray[np.float32]:
     """Min-max to [0, 1], computed in float64 so decoders' intensity scales leave no rounding trace.
 
-    A constant image becomes zeros.
+    A constant image becomes zeros. Evaluated by row blocks (:mod:`model.blockwise`): the only
+    full-size allocation is the float32 result.
     """
-    values = np.asarray(pixels, dtype=np.float64)
+    values = np.asarray(pixels)
     low, high = float(values.min()), float(values.max())
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+    if values.ndim != 2:
+        return ((values.astype(np.float64) - low) / (high - low)).astype(np.float32)
+    return map_rows(values, lambda block: (block.astype(np.float64) - low) / (high - low), np.float32)
 
 
 def preprocess(image: NDArray[Any], size: int, intensity: str = "minmax") -> NDArray[np.float32]:
@@ -98,11 +103,6 @@ def preprocess(image: NDArray[Any], size: int, intensity: str = "minmax") -> NDA
     if high - low < 1e-12:
         return np.zeros((size, size), dtype=np.float32)
     return np.clip((pixels - low) / (high - low), 0.0, 1.0).astype(np.float32)
-
-
-def to_batch(images: list[NDArray[np.float32]]) -> NDArray[np.float32]:
-    """Stack preprocessed images into the (N, 1, H, W) network input."""
-    return np.stack(images)[:, None].astype(np.float32, copy=False)
 
 
 def _equalize(pixels: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,7 @@ from numpy.typing import NDArray
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
 from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
+from model.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ class SquidRuntime:
         if operating_point is not None:
             self.threshold = self.operating_point_threshold(operating_point)
         try:
+            self.preprocessing  # noqa: B018 - an unknown intensity mode must fail at load, not per image
+        except ValueError as exc:
+            raise ArtifactError(f"{self.path} has preprocessing this runtime cannot apply: {exc}") from exc
+        try:
             self.calibration = Calibration(**self.metadata.calibration)
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"{self.path} has invalid calibration metadata: {exc}") from exc
@@ -100,6 +106,11 @@ class SquidRuntime:
         """The artifact's fixed colour scale for its map: the same colour means the same evidence."""
         value = self.metadata.anomaly_map.get("display_max")
         return float(value) if value else None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing this artifact was trained with, read from its own spec."""
+        return Preprocessing.from_spec(self.metadata.preprocessing, self.input_size)
 
     def run(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """All artifact outputs for a (N, H, W) or (N, 1, H, W) batch of preprocessed images."""
@@ -145,3 +156,45 @@ class SquidRuntime:
     def warmup(self) -> None:
         """One inference so the first real request does not pay for session initialisation."""
         self.run(np.zeros((1, 1, self.input_size, self.input_size), np.float32))
+
+
+class RuntimeOptions(Protocol):
+    """What :func:`open_runtime` reads: the service's ``Settings`` has these fields."""
+
+    @property
+    def model_path(self) -> str | None: ...
+
+    @property
+    def providers(self) -> list[str] | None: ...
+
+    @property
+    def intra_op_threads(self) -> int | None: ...
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def operating_point(self) -> str | None: ...
+
+
+def open_runtime(
+    options: RuntimeOptions,
+    *,
+    model: Path | str | None = None,
+    threshold: float | None = None,
+    operating_point: str | None = None,
+) -> SquidRuntime:
+    """The one way the API, the workers, in-process jobs and the CLI open the artifact.
+
+    Providers and thread settings come from ``options`` everywhere, so a CLI run behaves like the
+    service it stands in for; ``model``, ``threshold`` and ``operating_point`` are the CLI's per-run
+    overrides (an explicit threshold also sets aside the configured operating point).
+    """
+    explicit = threshold is not None or operating_point is not None
+    return SquidRuntime(
+        model or options.model_path,
+        providers=options.providers,
+        intra_op_threads=options.intra_op_threads,
+        threshold=threshold if explicit else options.threshold,
+        operating_point=operating_point if explicit else options.operating_point,
+    )

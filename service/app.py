@@ -23,6 +23,7 @@ from service import metrics
 from service.api import docs, health, model_info, page, score
 from service.deps import AppState, require_api_key
 from service.errors import INTERNAL_ERROR, error_response, install_error_handlers
+from service.http_methods import HeadAndOptions
 from service.logs import capture_warnings, request_id_var, sanitise_request_id
 from service.settings import Settings, get_settings
 
@@ -70,7 +71,8 @@ def create_app(settings: Settings | None = None, runtime: SquidRuntime | None = 
     app.include_router(service.api.jobs.router, dependencies=protected)
     app.include_router(page.router, dependencies=protected)
     app.include_router(docs.router, dependencies=protected)
-    app.add_middleware(RequestMiddleware)
+    app.add_middleware(HeadAndOptions)
+    app.add_middleware(RequestMiddleware)  # added last: outermost, so it sees every answer
     return app
 
 

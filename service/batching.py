@@ -8,7 +8,7 @@ batches grow with load and throughput with them. Requests announce themselves wh
 (:meth:`MicroBatcher.incoming`): when nobody else is on the way, a lone image does not wait.
 
 A score does not depend on its batch: BatchNorm is in eval mode inside the artifact and
-:func:`service.pipeline.infer` never runs a batch of one.
+:func:`model.steps.infer` never runs a batch of one.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from model.runtime import ScoreResult, SquidRuntime
+from model.steps import Prepared, infer
 from service import metrics
-from service.pipeline import Prepared, infer
 
 log = logging.getLogger("squid.batching")
 

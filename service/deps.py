@@ -21,11 +21,14 @@ from fastapi.security import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from model.runtime import SquidRuntime
+from model.imaging.reader import PEAK_BYTES_PER_PIXEL, declared_pixels
+from model.runtime import SquidRuntime, open_runtime
+from model.steps import Prepared, prepare
 from service import metrics, readiness
 from service.batching import MicroBatcher
+from service.decode_budget import DecodeBudget
 from service.errors import NOT_READY, UNAUTHORIZED, ApiError
-from service.pipeline import Prepared, prepare
+from service.jobs.manager import JobManager
 from service.settings import Settings
 
 log = logging.getLogger("squid.app")
@@ -38,6 +41,7 @@ class AppState:
     settings: Settings
     runtime: SquidRuntime | None = None
     batcher: MicroBatcher | None = None
+    jobs: JobManager | None = None
     ready: bool = False
     load_error: str | None = None
     executor: ThreadPoolExecutor = field(
@@ -47,6 +51,7 @@ class AppState:
     decode_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(max(2, os.cpu_count() or 2))
     )
+    decode_budget: DecodeBudget | None = None  # made on first use, inside the event loop
 
     async def load(self) -> None:
         """Open the artifact (unless one was given), warm it up, start the batcher; never raises."""
@@ -97,20 +102,13 @@ class AppState:
             raise ApiError(503, NOT_READY, detail, {"Retry-After": "5"})
         return self.runtime, self.batcher
 
-    async def prepare(self, data: bytes, input_size: int) -> Prepared:
-        """Decode and preprocess in the thread pool (raises ``ImageRejected``)."""
-        async with self.decode_slots:
-            return await run_in_threadpool(prepare, data, input_size, self.settings.max_pixels)
-
-
-def open_runtime(settings: Settings) -> SquidRuntime:
-    return SquidRuntime(
-        settings.model_path,
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        threshold=settings.threshold,
-        operating_point=settings.operating_point,
-    )
+    async def prepare(self, data: bytes, runtime: SquidRuntime) -> Prepared:
+        """Decode and preprocess in the thread pool (raises ``ImageRejected``, or 503 ``busy``)."""
+        if self.decode_budget is None:
+            self.decode_budget = DecodeBudget(self.settings.decode_budget_mb << 20)
+        pixels = min(declared_pixels(data), self.settings.max_pixels * 4)  # a lying header is refused later
+        async with self.decode_budget.reserve(pixels * PEAK_BYTES_PER_PIXEL), self.decode_slots:
+            return await run_in_threadpool(prepare, data, runtime.preprocessing, self.settings.max_pixels)
 
 
 def warm_up(runtime: SquidRuntime) -> None:
@@ -125,6 +123,16 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_job_manager(state: StateDep) -> JobManager:
+    """The app's job manager (Redis pool, Celery producer), made on first use; 503 without a broker."""
+    if state.jobs is None:
+        state.jobs = JobManager(state.settings)  # raises JobError(503, "no_broker") when unset
+    return state.jobs
+
+
+JobManagerDep = Annotated[JobManager, Depends(get_job_manager)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The SQUID_API_KEY value.")
 _bearer = HTTPBearer(auto_error=False, description="The SQUID_API_KEY value as a bearer token.")

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.imaging import ImageRejected
+from model.imaging import ImageRejected, Reason
 
 log = logging.getLogger("squid.errors")
 
@@ -29,6 +29,27 @@ UNAUTHORIZED = "unauthorized"
 NOT_READY = "not_ready"
 INVALID_REQUEST = "invalid_request"
 INTERNAL_ERROR = "internal_error"
+# The client went away mid-request: nobody reads the answer, but metrics and logs should not count it
+# as a bad request (400) or a server error. 499 is nginx's "client closed request".
+CLIENT_CLOSED, CLIENT_CLOSED_STATUS = "client_disconnected", 499
+
+
+def client_closed() -> ApiError:
+    return ApiError(
+        CLIENT_CLOSED_STATUS, CLIENT_CLOSED, "the client disconnected before the body was complete"
+    )
+
+
+# 413 stays reserved for the request body limit, so an oversized image is 422.
+IMAGE_STATUS: dict[str, int] = {reason.value: 422 for reason in Reason} | {
+    Reason.UNSUPPORTED_FORMAT.value: 415
+}
+
+
+def image_status(exc: ImageRejected) -> int:
+    """The HTTP status of an image rejection (the contract in :mod:`model.imaging` knows no HTTP)."""
+    return IMAGE_STATUS[exc.reason]
+
 
 # Schema for the OpenAPI documentation of error responses.
 ERROR_SCHEMA: dict[str, Any] = {
@@ -45,7 +66,10 @@ ERROR_SCHEMA: dict[str, Any] = {
 
 
 class ApiError(Exception):
-    """Raise anywhere in a request to answer ``status`` with the standard error body."""
+    """Raise anywhere in a request to answer ``status`` with the standard error body.
+
+    Domain errors (``JobError``, ``ArchiveError``) subclass it, so one handler answers them all.
+    """
 
     def __init__(
         self, status: int, reason: str, detail: str, headers: Mapping[str, str] | None = None
@@ -68,7 +92,7 @@ def error_response(
 
 
 def rejection_response(exc: ImageRejected) -> JSONResponse:
-    return error_response(exc.status, exc.reason, exc.detail)
+    return error_response(image_status(exc), exc.reason, exc.detail)
 
 
 def _http_reason(status: int) -> str:

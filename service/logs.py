@@ -46,6 +46,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+# Third-party decoders may quote header values in their messages, and a client's broken file is a
+# 4xx answer or a result row, not a server error with a traceback: keep them quiet.
+QUIET_LOGGERS = {
+    "pydicom": "CRITICAL",
+    "highdicom": "ERROR",
+    "PIL": "WARNING",
+    "multipart": "WARNING",
+    "python_multipart": "WARNING",
+}
+
+
+def quiet_third_party() -> None:
+    """Apply :data:`QUIET_LOGGERS` where :func:`logging_config` is not used (the batch worker)."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def logging_config(level: str = "INFO") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` mapping (also given to uvicorn as ``log_config``)."""
     level = level.upper()
@@ -63,22 +80,11 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
             **{name: {"handlers": [], "level": level, "propagate": True} for name in _UVICORN_LOGGERS},
             # We write one access line per request ourselves (with route, status and timing).
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": True},
-            # Third-party decoders may quote header values in their warnings: keep them quiet.
-            "pydicom": {"level": "ERROR"},
-            "highdicom": {"level": "ERROR"},
-            "PIL": {"level": "WARNING"},
-            "multipart": {"level": "WARNING"},
-            "python_multipart": {"level": "WARNING"},
+            **{name: {"level": quiet} for name, quiet in QUIET_LOGGERS.items()},
             # Python warnings (see capture_warnings): their text can quote element values.
             "py.warnings": {"filters": ["withhold_text"]},
         },
     }
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Install JSON logging for this process (uvicorn does the same with ``log_config``)."""
-    logging.config.dictConfig(logging_config(level))
-    capture_warnings()
 
 
 def capture_warnings() -> None:

@@ -5,8 +5,27 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AE_TITLE = r"^[ -~]{1,16}$"  # PS3.5 AE VR: up to 16 printable ASCII characters
+
+
+class DicomDestination(BaseModel):
+    """A DICOM node results are sent to by C-STORE (an entry of ``SQUID_DICOM_DESTINATIONS``)."""
+
+    ae_title: str = Field(pattern=AE_TITLE)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @property
+    def key(self) -> str:
+        """Folder-safe name of this destination (its outbox and dead-letter folders, metric label).
+
+        The port is left out so that moving a PACS to another port keeps its unsent results."""
+        return "".join(
+            c if c.isalnum() or c in "-_.@" else "_" for c in f"{self.ae_title.strip()}@{self.host}"
+        )
 
 
 class Settings(BaseSettings):
@@ -39,6 +58,18 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1, description="Micro-batching: most images per inference call.")
     max_wait_ms: float = Field(5.0, ge=0, description="Micro-batching: longest wait to fill a batch.")
     log_level: str = "INFO"
+    # HTTP server limits (squid serve): see docs/deployment.md.
+    max_header_kb: int = Field(32, ge=1, le=1024, description="Largest request head (KiB); over it: 431.")
+    max_header_count: int = Field(100, ge=1, description="Most header fields in a request; over it: 431.")
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for a request head, or between two chunks of a body; then 408."
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="Idle time after which a keep-alive connection closes."
+    )
+    decode_budget_mb: int = Field(
+        2048, ge=64, description="Memory all concurrent image decodes may use together (estimated)."
+    )
     # Batch jobs.
     broker_url: str | None = Field(None, description="Redis URL for Celery; unset = no broker.")
     import_root: Path | None = Field(None, description="The only tree batch jobs may read.")
@@ -64,6 +95,35 @@ class Settings(BaseSettings):
     )
     max_zip_extract_mb: float = Field(8192.0, gt=0, description="Largest uncompressed size of a zip job.")
     job_ttl_hours: float = Field(168.0, gt=0, description="How long finished jobs stay in Redis.")
+    # The DICOM node (`squid listen`) and DICOMweb.
+    dicom_ae_title: str = Field("SQUID", pattern=AE_TITLE, description="AE title of `squid listen`.")
+    dicom_port: int = Field(11112, ge=1, le=65535, description="DIMSE port of `squid listen`.")
+    dicom_host: str = Field("127.0.0.1", description="Address `squid listen` binds (0.0.0.0 for all).")
+    dicom_allowed_aes: list[str] | None = Field(
+        None, description="Calling AE titles accepted at association; unset = any."
+    )
+    dicom_destinations: list[DicomDestination] | None = Field(
+        None, description="C-STORE destinations of the results (JSON list); unset = none."
+    )
+    dicom_stow: bool = Field(False, description="Also send the results by STOW-RS to SQUID_DICOMWEB_URL.")
+    dicomweb_url: str | None = Field(None, description="DICOMweb base URL (QIDO/WADO/STOW-RS).")
+    dicomweb_username: str | None = Field(None, description="HTTP basic user for the DICOMweb server.")
+    dicomweb_password: SecretStr | None = Field(None, description="HTTP basic password for it.")
+    dicom_spool_dir: Path = Field(Path("spool"), description="Received instances and unsent results.")
+    dicom_quiet_seconds: float = Field(
+        10.0, ge=0, description="A study is scored once no instance arrived for this long."
+    )
+    dicom_max_association_mb: float = Field(
+        4096.0, gt=0, description="Most data one association may store; beyond, 0xA700 (out of resources)."
+    )
+    dicom_send_attempts: int = Field(5, ge=1, description="Sends of one result before its dead letter.")
+    dicom_retry_seconds: float = Field(
+        30.0, ge=0, description="Wait after a failed send (doubles each time)."
+    )
+    dicom_metrics_port: int | None = Field(None, ge=1, le=65535, description="Prometheus port of the node.")
+    dicom_tls_cert: Path | None = Field(None, description="PEM certificate: `squid listen` speaks DICOM TLS.")
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of that certificate.")
+    dicom_tls_ca: Path | None = Field(None, description="CA bundle: when set, callers must present a cert.")
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:
@@ -71,6 +131,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "task_time_limit_s must be below visibility_timeout_s, or running tasks get redelivered"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("dicom_tls_cert and dicom_tls_key must be set together")
         return self
 
     @property

@@ -1,20 +1,31 @@
-"""Read the image out of a ``POST /score`` request: a multipart field ``file`` or the raw body.
+"""The one upload reader: a multipart field ``file`` or the raw body, in memory or spooled to disk.
 
-The size limit is enforced twice: a declared ``Content-Length`` over the limit is refused before a
-byte of the body is read, and the streamed body (chunked, or lying about its length) is counted as it
-arrives, so at most ``limit`` bytes are ever held. Multipart bodies are parsed while streaming and
-only the ``file`` part is kept.
+``POST /score`` reads the image into memory (:func:`read_upload`), ``POST /jobs`` spools a zip to the
+job folder (:func:`spool_upload`); both go through the same checks. The size limit is enforced twice:
+a declared ``Content-Length`` over the limit is refused before a byte of the body is read, and the
+streamed body (chunked, or lying about its length) is counted as it arrives, so at most ``limit``
+bytes are ever held or written. Multipart bodies are parsed while streaming and only the ``file``
+part is kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import MALFORMED_REQUEST, MISSING_FILE, TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
+from service.errors import (
+    MALFORMED_REQUEST,
+    MISSING_FILE,
+    TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
+    ApiError,
+    client_closed,
+)
 
 FILE_FIELD = "file"
 RAW_TYPES = frozenset(
@@ -28,6 +39,8 @@ DECLARED_FORMAT = {
     "image/jpg": "jpeg",
     "image/pjpeg": "jpeg",
 }
+ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream"})
+MULTIPART_SLACK = 1 << 16  # room for the part headers around a file of the full size
 _HOW = (
     "send the image as multipart field 'file' or as the raw body (application/dicom, image/png, image/jpeg)"
 )
@@ -47,6 +60,28 @@ def too_large(limit: int) -> ApiError:
 
 async def read_upload(request: Request, limit: int) -> Upload:
     """The uploaded bytes and their declared content type; raises :class:`ApiError` otherwise."""
+    body = bytearray()
+    mime = await _receive(request, limit, RAW_TYPES, body.extend)
+    if not body:
+        raise ApiError(422, MISSING_FILE, f"the request has no body: {_HOW}")
+    return Upload(bytes(body), mime)
+
+
+async def spool_upload(request: Request, limit: int, target: Path) -> None:
+    """Write the uploaded file (raw zip body or multipart ``file``) to ``target``, readable by us only."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as sink:
+        await _receive(request, limit + MULTIPART_SLACK, ZIP_TYPES, sink.write, allow_empty=True)
+
+
+async def _receive(
+    request: Request,
+    limit: int,
+    raw_types: frozenset[str],
+    sink: Callable[[bytes], object],
+    allow_empty: bool = False,
+) -> str | None:
+    """Stream the body (or its multipart ``file`` part) into ``sink``; returns the declared type."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -60,18 +95,14 @@ async def read_upload(request: Request, limit: int) -> Upload:
     mime = mime_bytes.decode("latin-1").strip().lower()
     try:
         if mime == "multipart/form-data":
-            return await _read_multipart(request, params.get(b"boundary"), limit)
-        if mime and mime not in RAW_TYPES:
+            return await _read_multipart(request, params.get(b"boundary"), limit, sink, allow_empty)
+        if mime and mime not in raw_types:
             raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, f"Content-Type {mime[:80]!r} is not accepted: {_HOW}")
-        body = bytearray()
         async for chunk in _limited(request, limit):
-            body += chunk
+            sink(chunk)
     except ClientDisconnect:
-        detail = "the client disconnected before the body was complete"
-        raise ApiError(400, MALFORMED_REQUEST, detail) from None
-    if not body:
-        raise ApiError(422, MISSING_FILE, f"the request has no body: {_HOW}")
-    return Upload(bytes(body), mime or None)
+        raise client_closed() from None
+    return mime or None
 
 
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -85,8 +116,9 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 @dataclass
 class _FilePart:
-    """python-multipart callbacks that keep only the first part named ``file``."""
+    """python-multipart callbacks that pass on only the first part named ``file``."""
 
+    sink: Callable[[bytes], object]
     header_name: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
     disposition: bytes = b""
@@ -94,7 +126,7 @@ class _FilePart:
     collecting: bool = False
     started: bool = False
     complete: bool = False
-    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
 
     def on_part_begin(self) -> None:
         self.disposition, self.content_type = b"", b""
@@ -122,17 +154,20 @@ class _FilePart:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.collecting:
-            self.data += data[start:end]
+            self.sink(data[start:end])
+            self.size += end - start
 
     def on_part_end(self) -> None:
         if self.collecting:
             self.collecting, self.complete = False, True
 
 
-async def _read_multipart(request: Request, boundary: bytes | None, limit: int) -> Upload:
+async def _read_multipart(
+    request: Request, boundary: bytes | None, limit: int, sink: Callable[[bytes], object], allow_empty: bool
+) -> str | None:
     if not boundary:
         raise ApiError(400, MALFORMED_REQUEST, "multipart/form-data without a boundary parameter")
-    part = _FilePart()
+    part = _FilePart(sink)
     callbacks = {
         "on_part_begin": part.on_part_begin,
         "on_header_field": part.on_header_field,
@@ -157,7 +192,6 @@ async def _read_multipart(request: Request, boundary: bytes | None, limit: int) 
         raise ApiError(422, MISSING_FILE, f"no multipart field named 'file': {_HOW}")
     if not part.complete:
         raise ApiError(400, MALFORMED_REQUEST, "the multipart body ended inside the 'file' part")
-    if not part.data:
+    if not part.size and not allow_empty:
         raise ApiError(422, MISSING_FILE, "the multipart field 'file' is empty")
-    declared = part.content_type.decode("latin-1").split(";")[0].strip().lower() or None
-    return Upload(bytes(part.data), declared)
+    return part.content_type.decode("latin-1").split(";")[0].strip().lower() or None

@@ -27,3 +27,10 @@ def test_ruff_format_is_applied():
 def test_mypy_is_clean():
     result = run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_package_boundaries_hold():
+    """The import-linter contracts in pyproject.toml: service/ without torch, model/ below the rest."""
+    result = run("lint-imports", "--no-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 4 kept, 0 broken" in result.stdout, result.stdout

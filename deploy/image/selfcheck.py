@@ -99,12 +99,12 @@ def make_sample_check(samples: list[Path], provider: str | None) -> Callable[[],
         import onnxruntime
 
         from model.runtime import SquidRuntime
-        from service.pipeline import infer, prepare
+        from model.steps import infer, prepare
 
         if provider and provider not in onnxruntime.get_available_providers():
             raise AssertionError(f"{provider} not in {onnxruntime.get_available_providers()}")
         runtime = SquidRuntime(intra_op_threads=1)
-        prepared = [prepare(path.read_bytes(), runtime.input_size, 100_000_000) for path in samples]
+        prepared = [prepare(path.read_bytes(), runtime.preprocessing, 100_000_000) for path in samples]
         results, _ = infer(runtime, prepared)
         for path, result in zip(samples, results, strict=True):
             if not (math.isfinite(result.score) and 0.0 <= result.score <= 1.0):

@@ -26,6 +26,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
 )
 
+from model.blockwise import map_rows
+
 from . import gates, grayscale
 from .errors import ImageRejected, Reason
 from .privacy import Scrubber
@@ -127,6 +129,21 @@ def _ensure_transfer_syntax(ds: Dataset, findings: list[str]) -> UID:
     return syntax
 
 
+def dicom_pixels(data: bytes) -> int:
+    """Rows x Columns x Samples per Pixel of the first frame, from the header alone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(
+            BytesIO(data),
+            force=True,
+            stop_before_pixels=True,
+            specific_tags=["Rows", "Columns", "SamplesPerPixel"],
+        )
+    return (
+        int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("SamplesPerPixel", 1) or 1)
+    )
+
+
 def _check_acquisition(ds: Dataset, findings: list[str]) -> None:
     gates.check_modality(_text(ds, "Modality"), findings)
     view_code = ds.get("ViewCodeSequence")
@@ -156,9 +173,9 @@ def _to_display(stored: NDArray[Any], ds: Dataset, syntax: UID, findings: list[s
         findings.append(Finding.MISSING_PHOTOMETRIC_INTERPRETATION)
         photometric = "MONOCHROME2" if stored.ndim == 2 else "RGB"
     if stored.ndim == 3:
-        gray = grayscale.luma(stored)
+        gray = map_rows(stored, grayscale.luma, np.float32)
     elif photometric == "PALETTE COLOR":
-        gray = grayscale.luma(apply_color_lut(stored, ds))
+        gray = map_rows(stored, lambda rows: grayscale.luma(apply_color_lut(rows, ds)), np.float32)
     elif photometric in ("MONOCHROME1", "MONOCHROME2"):
         gray = _monochrome(stored, ds, photometric, findings)
     else:
@@ -174,12 +191,20 @@ def _to_display(stored: NDArray[Any], ds: Dataset, syntax: UID, findings: list[s
 
 def _monochrome(
     stored: NDArray[Any], ds: Dataset, photometric: str, findings: list[str]
-) -> NDArray[np.float64]:
-    values = grayscale.voi_values(grayscale.modality_values(stored, ds), ds, findings)
+) -> NDArray[np.float32]:
+    """Modality LUT, VOI and polarity, in float64 by row blocks into one float32 image."""
+    low, high = grayscale.modality_range(stored, ds)
+    voi = grayscale.voi_function(low, high, ds, findings)
     shape = (_text(ds, "PresentationLUTShape") or "").upper() or None
     if grayscale.shape_conflicts_photometric(photometric, shape):
         findings.append(Finding.PRESENTATION_LUT_CONFLICTS_PHOTOMETRIC)
-    return 1.0 - values if grayscale.needs_inversion(photometric, shape) else values
+    invert = grayscale.needs_inversion(photometric, shape)
+
+    def display(rows: NDArray[Any]) -> NDArray[np.float64]:
+        values = voi(grayscale.modality_values(rows, ds))
+        return 1.0 - values if invert else values
+
+    return map_rows(stored, display, np.float32)
 
 
 def _is_lossy(ds: Dataset, syntax: UID) -> bool:

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable
 
 from .errors import ImageRejected, Reason
+from .privacy import BODY_PART_TERMS, MODALITY_TERMS, quotable
 from .result import Finding
 
 ALLOWED_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC"})
@@ -49,10 +50,9 @@ def check_modality(modality: str | None, findings: list[str]) -> None:
         findings.append(Finding.MISSING_MODALITY)
     elif code not in ALLOWED_MODALITIES:
         allowed = " ".join(sorted(ALLOWED_MODALITIES))
-        raise ImageRejected(
-            Reason.UNSUPPORTED_MODALITY,
-            f"modality {code!r} is not a radiograph (allowed: {allowed})",
-        )
+        term = quotable([code], MODALITY_TERMS)
+        shown = f"modality {term!r}" if term else "the modality (not a DICOM defined term)"
+        raise ImageRejected(Reason.UNSUPPORTED_MODALITY, f"{shown} is not a radiograph (allowed: {allowed})")
 
 
 def check_view(
@@ -86,8 +86,9 @@ def check_body_part(body_part: str | None, findings: list[str]) -> None:
     if not part_tokens:
         findings.append(Finding.MISSING_BODY_PART)
     elif _first(part_tokens, CHEST_TOKENS) is None:
-        shown = " ".join(part_tokens)[:64]
-        raise ImageRejected(Reason.NOT_CHEST, f"BodyPartExamined {shown!r} is not the chest")
+        term = quotable(part_tokens, BODY_PART_TERMS)
+        shown = f"BodyPartExamined {term!r}" if term else "BodyPartExamined (not a DICOM defined term)"
+        raise ImageRejected(Reason.NOT_CHEST, f"{shown} is not the chest")
 
 
 def _first(values: Iterable[str], wanted: frozenset[str]) -> str | None:

@@ -11,6 +11,7 @@ own, and the tests cross-check them against pydicom.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.valuerep import VR
+
+from model.blockwise import row_blocks
 
 from .result import Finding
 
@@ -59,6 +62,52 @@ def voi_values(values: FloatArray, ds: Dataset, findings: list[str]) -> FloatArr
         return out
     findings.append(Finding.NO_VOI_WINDOW_FULL_RANGE)
     return full_range(values)
+
+
+def modality_range(stored: NDArray[Any], ds: Dataset) -> tuple[float, float]:
+    """Min and max modality value of the whole image, computed a block of rows at a time."""
+    low, high = np.inf, -np.inf
+    for rows in row_blocks(stored):
+        values = modality_values(stored[rows], ds)
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return low, high
+
+
+def voi_function(
+    low: float, high: float, ds: Dataset, findings: list[str]
+) -> Callable[[FloatArray], FloatArray]:
+    """:func:`voi_values` as an element-wise function, decided once from the image's modality range.
+
+    The window functions are monotonic, so "the window leaves the whole image on one level" is
+    read off the window's output at ``low`` and ``high``; the formula then runs block by block.
+    """
+    sequence = ds.get("VOILUTSequence")
+    if sequence:
+        item = sequence[0]
+        return lambda values: _lut_sequence(values, item, ds)
+    window = _first_window(ds)
+    if window is not None:
+        center, width = window
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            findings.append(Finding.UNKNOWN_VOI_LUT_FUNCTION)
+            function = "LINEAR"
+        if width <= 0 or (function == "LINEAR" and width < 1):
+            findings.append(Finding.INVALID_VOI_WINDOW_FULL_RANGE)
+            return _full_range_of(low, high)
+        edges = apply_window(np.array([low, high]), center, width, function)
+        if edges[0] == edges[1] and high > low:
+            findings.append(Finding.VOI_WINDOW_OUTSIDE_DATA_FULL_RANGE)
+            return _full_range_of(low, high)
+        return lambda values: apply_window(values, center, width, function)
+    findings.append(Finding.NO_VOI_WINDOW_FULL_RANGE)
+    return _full_range_of(low, high)
+
+
+def _full_range_of(low: float, high: float) -> Callable[[FloatArray], FloatArray]:
+    if high <= low:
+        return np.zeros_like
+    return lambda values: (values - low) / (high - low)
 
 
 def apply_window(values: FloatArray, center: float, width: float, function: str) -> FloatArray:

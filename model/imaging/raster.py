@@ -19,8 +19,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
+from model.blockwise import map_rows, row_blocks
+
 from . import grayscale
 from .errors import ImageRejected, Reason
+from .privacy import without_addresses
 from .result import DecodedImage, Finding, ImageFormat, ImageInfo
 
 PILLOW_FORMATS: dict[str, str] = {"png": "PNG", "jpeg": "JPEG"}
@@ -96,14 +99,17 @@ def _gray(image: Image.Image, findings: list[str]) -> tuple[NDArray[np.float32],
         return _float(np.asarray(image.getchannel("L"))), "MONOCHROME2"
     photometric = "PALETTE COLOR" if mode in ("P", "PA") else "RGB"
     has_alpha = mode in ALPHA_MODES or "transparency" in image.info
-    rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    wanted = "RGBA" if has_alpha else "RGB"
+    rgba = np.asarray(image if mode == wanted else image.convert(wanted))  # uint8, no float copy
     if has_alpha:
         _note_alpha(rgba[..., 3], findings)
-    rgb = rgba[..., :3].astype(np.float64)
-    spread = np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
-    if spread.mean() > COLOR_SPREAD:
+    spread = 0.0
+    for rows in row_blocks(rgba):
+        rgb = rgba[rows, :, :3].astype(np.float64)
+        spread += float((np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])).sum())
+    if spread / max(1, rgba.shape[0] * rgba.shape[1]) > COLOR_SPREAD:
         findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
-    return _float(grayscale.luma(rgb)), photometric
+    return map_rows(rgba, grayscale.luma, np.float32), photometric
 
 
 def _note_alpha(alpha: NDArray[Any], findings: list[str]) -> None:
@@ -116,5 +122,5 @@ def _float(array: NDArray[Any]) -> NDArray[np.float32]:
 
 
 def _reason(exc: Exception) -> str:
-    message = " ".join(str(exc).split())[:200]
+    message = without_addresses(" ".join(str(exc).split()))[:200]
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from io import BytesIO
+
+from PIL import Image
 
 from .detect import detect_format
-from .dicom import read_dicom
+from .dicom import dicom_pixels, read_dicom
 from .errors import ImageRejected, Reason
 from .raster import read_raster
 from .result import DecodedImage, Finding
 
 DEFAULT_MAX_PIXELS = 100_000_000
+PEAK_BYTES_PER_PIXEL = 12  # measured by bench/decode_memory.py: decoded float32 + one working copy + input
 SMALL_SIDE = 256
 MAX_ASPECT_RATIO = 1.5
 
@@ -49,6 +53,25 @@ def read_image(
         raise ImageRejected(Reason.EMPTY_IMAGE, f"decoded image has shape {decoded.pixels.shape}")
     findings = [str(code) for code in decoded.warnings] + shape_findings(decoded.pixels.shape)
     return replace(decoded, warnings=findings)
+
+
+def declared_pixels(data: bytes) -> int:
+    """Pixels (times samples) the header promises, read without decoding; 0 when it cannot say.
+
+    What a decode of ``data`` will cost is about :data:`PEAK_BYTES_PER_PIXEL` times this, which lets
+    a server budget its decoding memory before it starts.
+    """
+    fmt = detect_format(data)
+    try:
+        if fmt == "dicom":
+            return dicom_pixels(data)
+        if fmt is not None:
+            with Image.open(BytesIO(data)) as image:
+                width, height = image.size
+                return width * height * max(1, len(image.getbands()))
+    except Exception:  # the decoder will say what is wrong
+        return 0
+    return 0
 
 
 def read_path(

@@ -1,37 +1,34 @@
 """Batch job routes: ``POST /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/results``, ``DELETE /jobs/{id}``.
 
-Thin routes over :class:`service.jobs.manager.JobManager`; the work runs on the Celery workers.
-Errors answer ``{"error": {"reason": code, "detail": text}}``.
+Thin routes over :class:`service.jobs.manager.JobManager` (a typed dependency cached on the app state);
+the work runs on the Celery workers. Errors are raised (``JobError``, ``ArchiveError``, ``ApiError``)
+and answered by the one handler in :mod:`service.errors`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
+from service.deps import JobManagerDep
 from service.errors import (
     ERROR_SCHEMA,
     INVALID_REQUEST,
-    MALFORMED_REQUEST,
-    MISSING_FILE,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
-    error_response,
+    ApiError,
+    client_closed,
 )
-from service.jobs.archive import ArchiveError, check_archive, remove_tree
-from service.jobs.manager import JobError, JobManager, JobView
-from service.settings import Settings, get_settings
+from service.jobs.archive import check_archive, remove_tree
+from service.jobs.manager import JobManager, JobView
+from service.uploads import ZIP_TYPES, spool_upload
 
 router = APIRouter(tags=["jobs"])
 
@@ -39,10 +36,8 @@ DICOM_OUT_HELP = (
     "Also write a DICOM SR and secondary capture of every scored DICOM file into the results folder "
     "(dicom/), indexed by dicom_outputs.csv (GET /jobs/{id}/results?level=dicom)."
 )
-ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/octet-stream"})
 MAX_JSON_BYTES = 64 * 1024
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
-_managers: dict[str, JobManager] = {}
 
 
 class JobPathRequest(BaseModel):
@@ -83,34 +78,6 @@ class JobOut(BaseModel):
     )
     dicom_out: bool = Field(description="Whether the job writes DICOM SR and secondary capture results.")
     results: dict[str, str] | None = Field(description="Result URLs once the job succeeded.")
-
-
-def job_settings(request: Request) -> Settings:
-    """The app's settings (``create_app(settings)``), else the environment's."""
-    settings = getattr(getattr(request.app.state, "squid", None), "settings", None)
-    return settings if isinstance(settings, Settings) else get_settings()
-
-
-SettingsDep = Annotated[Settings, Depends(job_settings)]
-
-
-def _from_job_error(exc: JobError | ArchiveError) -> JSONResponse:
-    return error_response(exc.status, exc.reason, exc.detail)
-
-
-def _manager_for(settings: Settings) -> JobManager:
-    """One manager (Redis pool, Celery producer) per distinct settings."""
-    key = settings.model_dump_json()
-    if key not in _managers:
-        _managers[key] = JobManager(settings)
-    return _managers[key]
-
-
-def _manager_or_error(settings: Settings) -> JobManager | JSONResponse:
-    try:
-        return _manager_for(settings)
-    except JobError as exc:
-        return _from_job_error(exc)
 
 
 def _out(view: JobView, request: Request) -> JobOut:
@@ -161,39 +128,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def create_job(
     request: Request,
     response: Response,
-    settings: SettingsDep,
+    manager: JobManagerDep,
     dicom_out: Annotated[bool, Query(description=DICOM_OUT_HELP)] = False,
-) -> Response | JobOut:
+) -> JobOut:
     """Start a job over a folder inside the import root (JSON ``{"path": ...}``) or an uploaded zip
     (raw ``application/zip`` body or multipart field ``file``); ``dicom_out`` (query, or JSON field)
     adds DICOM SR and secondary capture results.
 
     Returns at once (202, ``Location: /jobs/{id}``); a worker walks the tree and scores it in chunks.
     """
-    manager = _manager_or_error(settings)
-    if isinstance(manager, JSONResponse):
-        return manager
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if content_type == "application/json":
+    if content_type == "application/json":
+        try:
             raw = b"".join([chunk async for chunk in _limited(request.stream(), MAX_JSON_BYTES)])
-            try:
-                body = JobPathRequest.model_validate(json.loads(raw))
-            except ValueError:
-                return error_response(422, INVALID_REQUEST, 'expected a JSON object {"path": "<folder>"}')
-            view = await anyio.to_thread.run_sync(manager.submit_path, body.path, body.dicom_out or dicom_out)
-        elif content_type in ZIP_TYPES or content_type == "multipart/form-data":
-            view = await _submit_upload(request, manager, content_type, dicom_out)
-        else:
-            return error_response(
-                415, UNSUPPORTED_MEDIA_TYPE, 'send JSON {"path": ...}, a zip body or a multipart field "file"'
-            )
-    except (JobError, ArchiveError) as exc:
-        return _from_job_error(exc)
-    except MultiPartException as exc:
-        return error_response(400, MALFORMED_REQUEST, f"malformed multipart body: {exc.message}")
-    except ClientDisconnect:
-        return error_response(400, MALFORMED_REQUEST, "the client disconnected during the upload")
+        except ClientDisconnect:
+            raise client_closed() from None
+        try:
+            body = JobPathRequest.model_validate(json.loads(raw))
+        except (ValueError, ValidationError):
+            raise ApiError(422, INVALID_REQUEST, 'expected a JSON object {"path": "<folder>"}') from None
+        view = await anyio.to_thread.run_sync(manager.submit_path, body.path, body.dicom_out or dicom_out)
+    elif content_type in ZIP_TYPES or content_type == "multipart/form-data":
+        view = await _submit_upload(request, manager, dicom_out)
+    else:
+        raise ApiError(
+            415, UNSUPPORTED_MEDIA_TYPE, 'send JSON {"path": ...}, a zip body or a multipart field "file"'
+        )
     response.headers["Location"] = f"/jobs/{view.id}"
     return _out(view, request)
 
@@ -203,27 +163,17 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
     async for chunk in stream:
         size += len(chunk)
         if size > limit:
-            raise JobError(413, TOO_LARGE, f"the request body exceeds {limit} bytes")
+            raise ApiError(413, TOO_LARGE, f"the request body exceeds {limit} bytes")
         yield chunk
 
 
-async def _submit_upload(
-    request: Request, manager: JobManager, content_type: str, dicom_out: bool = False
-) -> JobView:
+async def _submit_upload(request: Request, manager: JobManager, dicom_out: bool = False) -> JobView:
     settings = manager.settings
     limit = int(settings.max_zip_mb * (1 << 20))
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + (1 << 16):
-        raise JobError(413, TOO_LARGE, f"the request body exceeds {limit} bytes")
     job_id, job_dir = await anyio.to_thread.run_sync(manager.new_job)
     target = job_dir / "upload.zip"
     try:
-        if content_type == "multipart/form-data":
-            await _save_multipart(request, target, limit)
-        else:
-            with open(target, "wb") as sink:
-                async for chunk in _limited(request.stream(), limit):
-                    sink.write(chunk)
+        await spool_upload(request, limit, target)
         extract_limit = int(settings.max_zip_extract_mb * (1 << 20))
         await anyio.to_thread.run_sync(check_archive, target, extract_limit)
         return await anyio.to_thread.run_sync(manager.submit_zip, job_id, job_dir, dicom_out)
@@ -232,35 +182,16 @@ async def _submit_upload(
         raise
 
 
-async def _save_multipart(request: Request, target: Path, limit: int) -> None:
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=8)
-    form = await parser.parse()
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise JobError(422, MISSING_FILE, "multipart upload needs a 'file' field with the zip archive")
-        with open(target, "wb") as sink:
-            await anyio.to_thread.run_sync(shutil.copyfileobj, upload.file, sink)
-    finally:
-        await form.close()
-
-
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
-def get_job(job_id: str, request: Request, settings: SettingsDep) -> Response | JobOut:
+def get_job(job_id: str, request: Request, manager: JobManagerDep) -> JobOut:
     """State, counts (total, done, scored, resumed, skipped, failed), times and throughput."""
-    manager = _manager_or_error(settings)
-    if isinstance(manager, JSONResponse):
-        return manager
-    try:
-        return _out(manager.get(job_id), request)
-    except JobError as exc:
-        return _from_job_error(exc)
+    return _out(manager.get(job_id), request)
 
 
 @router.get("/jobs/{job_id}/results", name="job_results", responses=_ERRORS)
 def get_results(
     job_id: str,
-    settings: SettingsDep,
+    manager: JobManagerDep,
     format: Annotated[Literal["csv", "jsonl"], Query(description="csv or jsonl")] = "csv",
     level: Annotated[
         Literal["instance", "study", "dicom"],
@@ -269,23 +200,11 @@ def get_results(
 ) -> Response:
     """The result file: one row per file (``instance``), per study, or per DICOM result object, as CSV
     or JSON Lines."""
-    manager = _manager_or_error(settings)
-    if isinstance(manager, JSONResponse):
-        return manager
-    try:
-        path = manager.result_file(job_id, level, format)
-    except JobError as exc:
-        return _from_job_error(exc)
+    path = manager.result_file(job_id, level, format)
     return FileResponse(path, media_type=MEDIA_TYPES[format], filename=f"{job_id}-{path.name}")
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
-def cancel_job(job_id: str, request: Request, settings: SettingsDep) -> Response | JobOut:
+def cancel_job(job_id: str, request: Request, manager: JobManagerDep) -> JobOut:
     """Cancel a queued or running job: chunks not yet started are dropped; results are not published."""
-    manager = _manager_or_error(settings)
-    if isinstance(manager, JSONResponse):
-        return manager
-    try:
-        return _out(manager.cancel(job_id), request)
-    except JobError as exc:
-        return _from_job_error(exc)
+    return _out(manager.cancel(job_id), request)

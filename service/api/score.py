@@ -15,8 +15,8 @@ from service import metrics
 from service.api.dicom_output import OUTPUT_HELP, RESPONSES, Output, check_input, dicom_response
 from service.batching import BatcherClosedError
 from service.deps import StateDep
-from service.errors import ERROR_SCHEMA, NOT_READY, ApiError, rejection_response
-from service.pipeline import result_payload
+from service.errors import ERROR_SCHEMA, NOT_READY, ApiError, image_status
+from service.payload import result_payload
 from service.uploads import DECLARED_FORMAT, read_upload
 
 log = logging.getLogger("squid.score")
@@ -120,11 +120,11 @@ async def score(
         raise
     try:
         with batcher.incoming():
-            prepared = await state.prepare(upload.data, runtime.input_size)
+            prepared = await state.prepare(upload.data, runtime)
     except ImageRejected as exc:
         metrics.REJECTIONS.labels(exc.reason).inc()
-        log.info("rejected", extra={"reason": exc.reason, "status": exc.status, "detail": exc.detail})
-        return rejection_response(exc)
+        log.info("rejected", extra={"reason": exc.reason, "status": image_status(exc), "detail": exc.detail})
+        raise
     check_input(output, prepared.decoded)
     info = prepared.decoded.info
     metrics.DECODE_SECONDS.labels(info.format).observe(prepared.timing_ms["decode"] / 1e3)

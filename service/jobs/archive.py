@@ -7,22 +7,29 @@ twice: the declared sizes at upload, the bytes really written during extraction.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+
+from service.errors import ApiError
 
 MAX_MEMBERS = 1_000_000
 COPY_BLOCK = 1 << 20
+PATH_CONFLICT, NAME_TOO_LONG = "path_conflict", "name_too_long"  # row reasons (service.jobs.rows)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+Skipped = tuple[str, str, str]  # member name, reason, detail
 
 
-class ArchiveError(Exception):
+class ArchiveError(ApiError):
     """The upload cannot become a job: ``reason`` is a code, ``status`` the HTTP answer."""
 
     def __init__(self, reason: str, detail: str, status: int = 400) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.status = reason, detail, status
+        super().__init__(status, reason, detail)
 
 
 def _safe_parts(name: str) -> tuple[str, ...] | None:
@@ -68,37 +75,93 @@ def check_archive(path: Path, max_extract_bytes: int) -> int:
     return files
 
 
-def extract_archive(path: Path, dest: Path, max_extract_bytes: int) -> int:
-    """Extract the checked archive into ``dest``; returns bytes written. Raises :class:`ArchiveError`."""
+def extract_archive(
+    path: Path,
+    dest: Path,
+    max_extract_bytes: int,
+    *,
+    skipped: list[Skipped] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Extract the checked archive into ``dest``; returns bytes written. Raises :class:`ArchiveError`.
+
+    A member the file system cannot hold (a name too long, a file where a folder must go, a
+    duplicate name) is not extracted and is appended to ``skipped`` as ``(name, reason, detail)``:
+    the job reports it as a row instead of failing. ``should_stop`` is asked between members and
+    blocks; when it answers True (the job was cancelled) extraction stops with reason ``cancelled``.
+    Files are written readable by the owner only.
+    """
     check_archive(path, max_extract_bytes)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = dest.resolve()
     written = 0
+    seen: set[tuple[str, ...]] = set()
     with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
+        for number, info in enumerate(archive.infolist()):
+            if should_stop is not None and should_stop():
+                raise ArchiveError("cancelled", "the job was cancelled during extraction", 409)
             parts = _safe_parts(info.filename)
             if not parts:
                 continue
-            target = root.joinpath(*parts)
-            if not target.resolve().is_relative_to(root):
-                raise ArchiveError("unsafe_archive", "a member path leads outside the archive root")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
+            name = "/".join(parts)
+            if not info.is_dir() and parts in seen:
+                _skip(skipped, f"{name}#{number}", PATH_CONFLICT, "another member has the same name")
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                with archive.open(info) as source, open(target, "wb") as sink:
-                    while block := source.read(COPY_BLOCK):
-                        written += len(block)
-                        if written > max_extract_bytes:
-                            raise ArchiveError("too_large", "archive expands beyond the allowed size", 413)
-                        sink.write(block)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-                raise ArchiveError(
-                    "invalid_archive", f"a member could not be extracted ({type(exc).__name__})"
-                ) from None
+                target = root.joinpath(*parts)
+                if not target.resolve().is_relative_to(root):
+                    raise ArchiveError("unsafe_archive", "a member path leads outside the archive root")
+                if info.is_dir():
+                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                written = _copy_member(archive, info, target, written, max_extract_bytes, should_stop)
+                seen.add(parts)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                _skip(skipped, name, PATH_CONFLICT, "a file and a folder of the archive have the same name")
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                _skip(skipped, name, NAME_TOO_LONG, "the member name is too long for the file system")
     return written
+
+
+def _copy_member(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    target: Path,
+    written: int,
+    limit: int,
+    should_stop: Callable[[], bool] | None,
+) -> int:
+    try:
+        with archive.open(info) as source, open(os.open(target, _CREATE, 0o600), "wb") as sink:
+            blocks = 0
+            while block := source.read(COPY_BLOCK):
+                written += len(block)
+                if written > limit:
+                    raise ArchiveError("too_large", "archive expands beyond the allowed size", 413)
+                sink.write(block)
+                blocks += 1
+                if should_stop is not None and blocks % 64 == 0 and should_stop():
+                    raise ArchiveError("cancelled", "the job was cancelled during extraction", 409)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise ArchiveError(
+            "invalid_archive", f"a member could not be extracted ({type(exc).__name__})"
+        ) from None
+    return written
+
+
+def _skip(skipped: list[Skipped] | None, name: str, reason: str, detail: str) -> None:
+    if skipped is not None:
+        skipped.append((name, reason, detail))
 
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_upload(job_dir: Path) -> None:
+    """A zip job's upload and extracted files: needed only while it runs (rows keep their paths)."""
+    remove_tree(job_dir / "input")
+    (job_dir / "upload.zip").unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.runtime import SquidRuntime
+from model.runtime import SquidRuntime, open_runtime
 from service.jobs import dicom_outputs
 from service.jobs.cache import NullCache, ScoreCache, SqliteScoreCache
 from service.jobs.chunking import make_chunks
@@ -59,13 +59,7 @@ def run_inprocess(
     the objects need each file's anomaly map, which the resume cache does not keep, so it scores
     every file again.
     """
-    rt = runtime or SquidRuntime(
-        settings.model_path,
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        threshold=settings.threshold,
-        operating_point=settings.operating_point,
-    )
+    rt = runtime or open_runtime(settings)
     started = time.perf_counter()  # model loading is not part of the job's time
     root = folder.resolve()
     if not root.is_dir():

@@ -7,7 +7,7 @@ reason code and the HTTP status to answer with.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import re
 import shutil
 import time
@@ -21,7 +21,9 @@ from typing import Any
 import redis
 from celery import Celery
 
+from service.errors import ApiError
 from service.jobs import dicom_outputs
+from service.jobs.archive import remove_upload
 from service.jobs.celery_config import PLAN_TASK, make_celery
 from service.jobs.results import Format, Level, ResultStore
 from service.jobs.state import (
@@ -41,14 +43,13 @@ from service.jobs.walker import is_inside
 from service.settings import Settings
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_PATH_BYTES = 1024
+MAX_PATH_PARTS = 64
+MAX_NAME_BYTES = 255
 
 
-class JobError(Exception):
+class JobError(ApiError):
     """A request about jobs that cannot be served: ``status``, ``reason`` code, human ``detail``."""
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.status, self.reason, self.detail = status, reason, detail
 
 
 @dataclass(frozen=True)
@@ -87,19 +88,42 @@ def resolve_job_path(raw: str, import_root: Path | None) -> Path:
     """The real folder ``raw`` names (absolute, or relative to the import root), if it lies inside."""
     if import_root is None:
         raise JobError(403, "path_forbidden", "folder jobs are disabled: SQUID_IMPORT_ROOT is not set")
-    if not raw or "\x00" in raw:
-        raise JobError(422, "invalid_path", "path must be a non-empty string")
+    check_job_path(raw)
     root = import_root.resolve()
     candidate = Path(raw)
     candidate = candidate if candidate.is_absolute() else root / candidate
-    resolved = candidate.resolve()  # follows every symlink and '..'
-    if not is_inside(root, resolved):
-        raise JobError(403, "path_forbidden", "path is outside the import root")
-    if not resolved.exists():
-        raise JobError(404, "path_not_found", "no such folder in the import root")
-    if not resolved.is_dir():
-        raise JobError(422, "not_a_directory", "path must name a folder")
+    try:
+        resolved = candidate.resolve()  # follows every symlink and '..'
+        if not is_inside(root, resolved):
+            raise JobError(403, "path_forbidden", "path is outside the import root")
+        if not resolved.exists():
+            raise JobError(404, "path_not_found", "no such folder in the import root")
+        if not resolved.is_dir():
+            raise JobError(422, "not_a_directory", "path must name a folder")
+    except RuntimeError:  # Python's message for a symbolic link loop
+        raise JobError(422, "symlink_loop", "the path goes through a symbolic link loop") from None
+    except OSError as exc:  # the message would quote the client's path
+        raise JobError(
+            422, "invalid_path", f"the path cannot be used ({errno.errorcode.get(exc.errno or 0, 'OSError')})"
+        ) from None
     return resolved
+
+
+def check_job_path(raw: str) -> None:
+    """Refuse paths no file system holds before touching one: empty, NUL, not UTF-8, too long."""
+    if not raw or "\x00" in raw:
+        raise JobError(422, "invalid_path", "path must be a non-empty string")
+    try:
+        encoded = raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobError(422, "invalid_path", "path must be valid Unicode text (no lone surrogates)") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise JobError(422, "invalid_path", f"path is longer than {MAX_PATH_BYTES} bytes")
+    parts = [part for part in encoded.split(b"/") if part]
+    if len(parts) > MAX_PATH_PARTS:
+        raise JobError(422, "invalid_path", f"path has more than {MAX_PATH_PARTS} components")
+    if any(len(part) > MAX_NAME_BYTES for part in parts):
+        raise JobError(422, "invalid_path", f"a path component is longer than {MAX_NAME_BYTES} bytes")
 
 
 @lru_cache(maxsize=8)
@@ -233,17 +257,14 @@ class JobManager:
         view = self.get(job_id)
         if view.finished:
             raise JobError(409, "job_finished", f"the job already {view.state}")
+        job_dir = self.job_dir(job_id)
         try:
-            self.state.finish(job_id, CANCELLED, int(self.settings.job_ttl_hours * 3600))
+            self.state.close(job_id, CANCELLED, int(self.settings.job_ttl_hours * 3600), job_dir)
         except redis.RedisError:
             raise JobError(503, "broker_unavailable", "job state is unreachable (Redis is down)") from None
-        view = self.get(job_id)
-        record = read_record(self.job_dir(job_id)) or {}
-        record.update({"state": view.state, "finished_at": view.finished_at})
-        with contextlib.suppress(redis.RedisError):
-            record["progress"] = self.state.progress(job_id)
-        write_record(self.job_dir(job_id), record)
-        return view
+        if view.source == "zip":
+            remove_upload(job_dir)  # a worker still extracting stops at its next member and cleans up
+        return self.get(job_id)
 
     def result_file(self, job_id: str, level: Level, fmt: Format) -> Path:
         view = self.get(job_id)

@@ -33,6 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.jobs.state import JobState
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -76,8 +78,8 @@ WORKER_INFO = Gauge(
 class BacklogCollector(Collector):
     """Queue depth and active jobs, read from Redis when scraped."""
 
-    def __init__(self, client: redis.Redis, queue: str, prefix: str) -> None:
-        self.client, self.queue, self.prefix = client, queue, prefix
+    def __init__(self, state: JobState, queue: str) -> None:
+        self.state, self.client, self.queue = state, state.client, queue
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("squid_batch_redis_up", "1 when the scrape could read Redis.")
@@ -87,13 +89,13 @@ class BacklogCollector(Collector):
                 for name in names:
                     pipe.llen(name)
                 pipe.hlen("unacked")
-                pipe.smembers(f"{self.prefix}:jobs:active")
+                pipe.smembers(self.state.active_key)
                 *lengths, unacked, active = pipe.execute()
             states: dict[str, int] = {"queued": 0, "running": 0}
             if active:
                 with self.client.pipeline() as pipe:
                     for job_id in active:
-                        pipe.hget(f"{self.prefix}:job:{job_id.decode()}", "state")
+                        pipe.hget(self.state.key(job_id.decode()), "state")
                     for state in pipe.execute():
                         if state is not None and state.decode() in states:
                             states[state.decode()] += 1

@@ -42,6 +42,9 @@ class Reason(StrEnum):
     INFERENCE_ERROR = "inference_error"
     MODEL_MISMATCH = "model_mismatch"
     WORKER_LOST = "worker_lost"
+    SYMLINK_LOOP = "symlink_loop"
+    NAME_TOO_LONG = "name_too_long"
+    PATH_CONFLICT = "path_conflict"
 
 
 SKIPPED_REASONS = frozenset(
@@ -85,6 +88,7 @@ STUDY_COLUMNS = (
     "model_version",
 )
 DECIMALS = 6
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,9 @@ def _csv_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.{DECIMALS}f}"
-    return str(value)
+    text = str(value)
+    # A spreadsheet runs a cell starting with these as a formula (a file named "=cmd|..."): quote it.
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def to_csv(records: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> str:

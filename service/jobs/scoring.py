@@ -1,7 +1,7 @@
 """Score one chunk of files: read, decode and preprocess each, run one batched inference, make rows.
 
 The same function runs inside Celery workers and in-process (``squid batch``), on the shared scoring
-path of :mod:`service.pipeline`, so batch and HTTP scores agree and both batch paths write identical
+path of :mod:`model.steps`, so batch and HTTP scores agree and both batch paths write identical
 result files. A file can only ever fail itself: every per-file error becomes a row.
 """
 
@@ -10,26 +10,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmread
 
 from model.imaging import ImageRejected
+from model.imaging.headers import peek_uids
 from model.runtime import ScoreResult, SquidRuntime
+from model.steps import Prepared, infer, prepare
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
-from service.pipeline import Prepared, infer, prepare
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "decode", "preprocess", "inference", "write")
-UID_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 # Files larger than max(max_pixels * 8, 256 MiB) are refused unread (no image allowed could be that big).
 BYTES_PER_PIXEL_LIMIT = 8
 MIN_FILE_LIMIT = 256 << 20
@@ -142,6 +139,8 @@ def _prepare_one(
         data = path.read_bytes()
     except PermissionError as exc:
         return Row.rejected(entry.path, Reason.OUTSIDE_ROOT, str(exc), version)
+    except RuntimeError:  # a symbolic link loop made after the walk
+        return Row.rejected(entry.path, Reason.SYMLINK_LOOP, "symbolic link loop", version)
     except OSError as exc:  # the message would quote the path; the code says enough
         return Row.rejected(entry.path, Reason.UNREADABLE, exc.strerror or type(exc).__name__, version)
     digest = hashlib.sha256(data).hexdigest()
@@ -159,7 +158,7 @@ def _prepare_one(
         }
         return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
     try:
-        item = prepare(data, runtime.input_size, max_pixels)
+        item = prepare(data, runtime.preprocessing, max_pixels)
     except ImageRejected as exc:
         return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
     outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
@@ -192,13 +191,7 @@ def _uids(item: Prepared) -> dict[str, str]:
 
 def _peek_uids(data: bytes, reason: str) -> dict[str, str]:
     """The UIDs of a refused DICOM (so a lateral view still counts in its study), when readable."""
-    if reason == Reason.UNSUPPORTED_FORMAT:
-        return {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(UID_TAGS))
-        values = [str(ds.get(tag, "") or "") for tag in UID_TAGS]
-    except Exception:
+    values = None if reason == Reason.UNSUPPORTED_FORMAT else peek_uids(data)
+    if values is None:
         return {}
     return dict(zip(("study_instance_uid", "series_instance_uid", "sop_instance_uid"), values, strict=True))

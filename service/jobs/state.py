@@ -6,18 +6,19 @@ Keys (``P`` = the configured key prefix):
   chunks, model version and namespace, threshold, error reason/detail, planned flag.
 * ``P:job:ID:chunks`` hash: chunk index -> JSON counts of a *finished* chunk. Progress is the sum of
   this hash, so a chunk finishing twice counts once.
-* ``P:job:ID:attempts`` hash: chunk index -> deliveries seen (poison-pill guard).
+* ``P:job:ID:attempts`` hash: chunk index (or ``plan``) -> deliveries seen (poison-pill guard).
 * ``P:jobs:active`` set of queued/running job ids (for the backlog gauge).
 
 State changes are compare-and-set Lua scripts: a job only moves forward (queued -> running ->
 succeeded | failed | cancelled), and writes for a job Redis no longer knows are refused, so a
 restarted, emptied Redis can not be half-filled again by a worker finishing an old chunk.
-``job.json`` in the job folder is written at submission and at every terminal state.
+``job.json`` in the job folder is written at submission and at every terminal state, only here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ import redis
 
 from service.jobs.results import atomic_write
 
+log = logging.getLogger(__name__)
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 ACTIVE_STATES = (QUEUED, RUNNING)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 COUNT_KEYS = ("scored", "resumed", "skipped", "failed")
+PLAN_ATTEMPT = "plan"  # the planning task's field in the attempts hash (chunks use their index)
 
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -111,7 +115,8 @@ class JobState:
                 pipe.execute()
         return changed
 
-    def attempt(self, job_id: str, index: int) -> int:
+    def attempt(self, job_id: str, index: int | str) -> int:
+        """Count one more delivery of a chunk (its index) or of planning (:data:`PLAN_ATTEMPT`)."""
         return int(self.client.hincrby(self.key(job_id, ":attempts"), str(index), 1))
 
     def record_chunk(self, job_id: str, index: int, counts: dict[str, Any]) -> int:
@@ -136,8 +141,25 @@ class JobState:
         totals["stage_ms"] = {stage: round(ms, 3) for stage, ms in stages.items()}
         return totals
 
-    def active_jobs(self) -> list[str]:
-        return sorted(_text(v) for v in self.client.smembers(self.active_key))
+    def close(
+        self, job_id: str, state: str, ttl_s: int, job_dir: Path, error: tuple[str, str] | None = None
+    ) -> bool:
+        """:meth:`finish` the job and, when this call finished it, copy the outcome to ``job.json``."""
+        changed = self.finish(job_id, state, ttl_s, error)
+        if changed:
+            try:
+                self.save_record(job_id, job_dir)
+            except OSError as exc:  # the job has ended either way; a retry would not end it again
+                log.warning("job %s ended but job.json could not be written (%s)", job_id, type(exc).__name__)
+        return changed
+
+    def save_record(self, job_id: str, job_dir: Path) -> None:
+        """Copy the live state and counts to ``job.json`` (what remains once Redis expired the job)."""
+        live = self.get(job_id) or {}
+        record = read_record(job_dir) or {"id": job_id}
+        record.update({k: v for k, v in live.items() if k not in ("root", "job_dir")})
+        record["progress"] = self.progress(job_id)
+        write_record(job_dir, record)
 
 
 def _encode(value: Any) -> str:

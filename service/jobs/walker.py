@@ -10,16 +10,15 @@ inside the job root.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-
+from model.imaging.headers import dicomdir_file_ids, is_dicomdir
 from service.jobs.rows import Reason
 
 log = logging.getLogger(__name__)
@@ -76,11 +75,10 @@ def walk(root: Path) -> list[FileEntry]:
             link = here / name
             if link.is_symlink():
                 dirnames.remove(name)  # never descend through links; report those leaving the root
-                if not is_inside(root, link.resolve()):
-                    rel = link.relative_to(root).as_posix()
-                    found[rel] = FileEntry(
-                        rel, preset=Reason.OUTSIDE_ROOT, detail="link leads out of the job root"
-                    )
+                rel = link.relative_to(root).as_posix()
+                problem = _link_problem(root, link)
+                if problem is not None:
+                    found[rel] = FileEntry(rel, preset=problem[0], detail=problem[1])
         for name in sorted(filenames):
             entry = _entry(root, here / name)
             found[entry.path] = entry
@@ -101,45 +99,53 @@ def walk(root: Path) -> list[FileEntry]:
 
 def _entry(root: Path, path: Path) -> FileEntry:
     rel = path.relative_to(root).as_posix()
+    problem = _link_problem(root, path) if path.is_symlink() else None
+    if problem is not None:
+        return FileEntry(rel, preset=problem[0], detail=problem[1])
     try:
-        if path.is_symlink() and not is_inside(root, path.resolve()):
-            return FileEntry(rel, preset=Reason.OUTSIDE_ROOT, detail="link leads out of the job root")
         info = path.stat()
     except OSError as exc:
-        return FileEntry(rel, preset=Reason.UNREADABLE, detail=exc.strerror or type(exc).__name__)
+        reason, detail = _os_problem(exc)
+        return FileEntry(rel, preset=reason, detail=detail)
     if not stat.S_ISREG(info.st_mode):
         return FileEntry(rel, info.st_size, info.st_mtime_ns, Reason.UNSUPPORTED_FORMAT, "not a regular file")
-    preset = Reason.DICOMDIR if path.name.upper() == DICOMDIR_NAME and _is_dicomdir(path) else None
+    preset = Reason.DICOMDIR if path.name.upper() == DICOMDIR_NAME and is_dicomdir(path) else None
     return FileEntry(rel, info.st_size, info.st_mtime_ns, preset, "DICOM media directory" if preset else "")
 
 
-def _is_dicomdir(path: Path) -> bool:
+def _link_problem(root: Path, link: Path) -> tuple[Reason, str] | None:
+    """Why a symbolic link is not followed (a loop, out of the root), or None when it may be."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["DirectoryRecordSequence"])
-        return "DirectoryRecordSequence" in ds
-    except Exception:  # a file merely named DICOMDIR is read like any other file
-        return False
+        target = link.resolve()
+    except RuntimeError:  # Python's message for a loop
+        return Reason.SYMLINK_LOOP, "symbolic link loop"
+    except OSError as exc:
+        return _os_problem(exc)
+    if not is_inside(root, target):
+        return Reason.OUTSIDE_ROOT, "link leads out of the job root"
+    return None
+
+
+def _os_problem(exc: OSError) -> tuple[Reason, str]:
+    """A row reason for a file-system error; the detail never quotes the path."""
+    if exc.errno == errno.ELOOP:
+        return Reason.SYMLINK_LOOP, "symbolic link loop"
+    if exc.errno == errno.ENAMETOOLONG:
+        return Reason.NAME_TOO_LONG, "the path is too long for the file system"
+    return Reason.UNREADABLE, exc.strerror or type(exc).__name__
 
 
 def _dicomdir_references(root: Path, rel: str, found: dict[str, FileEntry]) -> list[str]:
     """Paths (relative to root) the DICOMDIR at ``rel`` references, adding rows for missing ones."""
     base = (root / rel).parent
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            records = dcmread(root / rel).DirectoryRecordSequence
+        file_ids = dicomdir_file_ids(root / rel)
     except Exception:
         log.warning("a DICOMDIR could not be parsed; its folder is walked without it")
         return []
     by_lower = {key.lower(): key for key in found}
     paths: list[str] = []
-    for record in records:
-        file_id = record.get("ReferencedFileID")
-        if not file_id:
-            continue
-        parts = [file_id] if isinstance(file_id, str) else [str(part) for part in file_id]
+    for parts in file_ids:
         target = (base / Path(*parts)).resolve()
         if not is_inside(root, target):
             key = f"{rel}#{'/'.join(parts)}"

@@ -87,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
     from service.jobs.celery_app import app
+    from service.logs import quiet_third_party
     from service.settings import get_settings
+
+    quiet_third_party()
 
     settings = get_settings()
     if not settings.broker_url:

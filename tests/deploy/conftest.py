@@ -60,10 +60,10 @@ def _require(binary: str) -> None:
 def _local_scores(images: list[bytes]) -> list[float]:
     """Scores of the test images from the shipped artifact in this process (threshold choice only)."""
     from model.runtime import SquidRuntime
-    from service.pipeline import infer, prepare
+    from model.steps import infer, prepare
 
     runtime = SquidRuntime(intra_op_threads=1)
-    prepared = [prepare(data, runtime.input_size, 100_000_000) for data in images]
+    prepared = [prepare(data, runtime.preprocessing, 100_000_000) for data in images]
     results, _ = infer(runtime, prepared)
     return [r.score for r in results]
 

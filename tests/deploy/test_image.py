@@ -50,7 +50,7 @@ pytestmark = pytest.mark.timeout(2400)  # a hang guard: a cold run debootstraps 
 
 SAMPLES = REPO / "samples"
 SCORED = (
-    (SAMPLES / "normal-IM-0243-0001-MONOCHROME1.dcm", "application/dicom"),
+    (SAMPLES / "normal-IM-0372-0001-MONOCHROME1.dcm", "application/dicom"),
     (SAMPLES / "pneumonia-person1048_bacteria_2982.jpeg", "image/jpeg"),
 )
 JOB_FOLDER = "night-export"

@@ -228,9 +228,9 @@ def test_in_process_dicom_out_writes_objects_and_reasons_and_replaces_them(tmp_p
 
     folder = tmp_path / "in"
     folder.mkdir()
-    sample = REPO_ROOT / "samples" / "normal-IM-0243-0001-MONOCHROME1.dcm"
+    sample = REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm"
     (folder / "sample.dcm").write_bytes(sample.read_bytes())
-    (folder / "sample.jpeg").write_bytes((REPO_ROOT / "samples" / "normal-IM-0243-0001.jpeg").read_bytes())
+    (folder / "sample.jpeg").write_bytes((REPO_ROOT / "samples" / "normal-IM-0372-0001.jpeg").read_bytes())
     (folder / "nostudy.dcm").write_bytes(make_dicom(chest_like(), extra={"StudyInstanceUID": ""}))
     out = tmp_path / "out"
     settings = Settings(chunk_size=2)

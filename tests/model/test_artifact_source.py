@@ -10,7 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from model.artifact import ArtifactError
-from model.artifact_source import DEFAULT_ARTIFACT, resolve_artifact
+from model.artifact_source import DEFAULT_ARTIFACT, file_sha256, resolve_artifact
 from model.runtime import SquidRuntime
 
 
@@ -51,3 +51,19 @@ def test_local_paths_and_default_pass_through(monkeypatch):
     monkeypatch.delenv("SQUID_MODEL_PATH", raising=False)
     assert resolve_artifact(None) == DEFAULT_ARTIFACT
     assert str(resolve_artifact("/some/where.onnx")) == "/some/where.onnx"
+
+
+def test_a_download_is_checked_against_the_given_sha256(served, tmp_path, monkeypatch):
+    _, base = served
+    monkeypatch.setenv("SQUID_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SQUID_MODEL_SHA256", raising=False)
+    digest = file_sha256(DEFAULT_ARTIFACT)
+    path = resolve_artifact(f"{base}/model.onnx#sha256={digest}")
+    assert file_sha256(path) == digest
+    path.write_bytes(b"truncated")  # a damaged cache entry is fetched again, not served
+    assert file_sha256(resolve_artifact(f"{base}/model.onnx#sha256={digest}")) == digest
+    monkeypatch.setenv("SQUID_MODEL_SHA256", "0" * 64)
+    monkeypatch.setenv("SQUID_MODEL_CACHE", str(tmp_path / "other-cache"))
+    with pytest.raises(ArtifactError, match="sha256"):
+        resolve_artifact(f"{base}/model.onnx")
+    assert not list((tmp_path / "other-cache").glob("*"))

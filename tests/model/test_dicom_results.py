@@ -35,7 +35,6 @@ from model.dicom_results.identity import MANUFACTURER, NOT_FOR_DIAGNOSTIC_USE
 from model.dicom_results.sc import MAX_SIDE, MIN_WIDTH, burn_in, caption, overlay
 from model.heatmap import overlay_png
 from model.imaging import DecodedImage, ImageRejected, read_image
-from model.preprocess import preprocess
 from model.runtime import ScoreResult, SquidRuntime
 from tests.service.http_support import chest_like
 
@@ -55,7 +54,7 @@ def model(runtime: SquidRuntime) -> ModelInfo:
 
 def score(runtime: SquidRuntime, data: bytes, gates: bool = True) -> tuple[DecodedImage, ScoreResult]:
     decoded = read_image(data, enforce_gates=gates)
-    return decoded, runtime.score(preprocess(decoded.pixels, runtime.input_size)[None])[0]
+    return decoded, runtime.score(runtime.preprocessing(decoded.pixels)[None])[0]
 
 
 @pytest.fixture(scope="module")

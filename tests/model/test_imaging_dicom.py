@@ -30,8 +30,8 @@ from pydicom.uid import (
 
 from model.imaging import DecodedImage, ImageInfo, ImageRejected, read_image, read_path
 from model.imaging.detect import detect_format, looks_like_bare_dicom
-from model.imaging.errors import STATUS, Reason
 from model.imaging.privacy import REDACTED, Scrubber
+from service.errors import image_status
 from tests.shared_files import FO_CHEST, HIGHDICOM, JPLY_FIXED, TXV, TXV_MONO1, WG04_CODECS
 
 WG04_FILE = {"REF": "UNC"}
@@ -125,7 +125,7 @@ def test_shared_dicom_decodes_or_is_rejected_for_the_right_reason(
         with pytest.raises(ImageRejected) as info:
             read_path(path, enforce_gates=gates)
         assert info.value.reason == expected
-        assert info.value.status == 422
+        assert image_status(info.value) == 422
         if expected == "undecodable":
             assert "JPEG Extended (Process 2 and 4)" in info.value.detail
             assert JPLY_TS in info.value.detail
@@ -510,7 +510,7 @@ def test_file_meta_without_preamble_is_detected_and_read(syntax: str | None) -> 
 )
 def test_garbage_is_unsupported_format(data: bytes) -> None:
     error = rejected(data)
-    assert (error.reason, error.status) == ("unsupported_format", 415)
+    assert (error.reason, image_status(error)) == ("unsupported_format", 415)
 
 
 # --- gates ----------------------------------------------------------------------------------------
@@ -522,7 +522,7 @@ def small(**kwargs: object) -> bytes:
 
 def test_sr_without_pixels_is_no_pixel_data() -> None:
     error = rejected(make_dicom(None, modality="SR", with_pixels=False))
-    assert (error.reason, error.status) == ("no_pixel_data", 422)
+    assert (error.reason, image_status(error)) == ("no_pixel_data", 422)
     assert "Enhanced SR Storage" in error.detail
 
 
@@ -573,7 +573,7 @@ def test_lateral_named_only_in_view_code_sequence_or_body_part_is_refused() -> N
 @pytest.mark.parametrize("part", ["KNEE", "HIP", "EXTREMITY", "ABDOMEN", "SKULL", "CHESTABDOMEN"])
 def test_other_body_parts_are_refused(part: str) -> None:
     error = rejected(small(body_part=part))
-    assert (error.reason, error.status) == ("not_chest", 422)
+    assert (error.reason, image_status(error)) == ("not_chest", 422)
 
 
 @pytest.mark.parametrize(
@@ -596,7 +596,7 @@ def test_size_limits() -> None:
     assert rejected(data, max_pixels=64 * 48 - 1).reason == "image_too_large"
     assert read_image(data, max_pixels=64 * 48).pixels.shape == (64, 48)
     error = rejected(small(extra={"Rows": 0}))
-    assert (error.reason, error.status) == ("empty_image", 422)
+    assert (error.reason, image_status(error)) == ("empty_image", 422)
     assert rejected(b"").reason == "empty_image"
 
 
@@ -606,21 +606,6 @@ def test_shape_findings() -> None:
     assert "unusual_aspect_ratio" in wide.warnings and "small_image" not in wide.warnings
     square = read_image(make_dicom(ramp(300, 300, top=255), bits_stored=8))
     assert not {"small_image", "unusual_aspect_ratio"} & set(square.warnings)
-
-
-def test_every_reason_has_its_status() -> None:
-    assert {reason.value: STATUS[reason] for reason in Reason} == {
-        "unsupported_format": 415,
-        "no_pixel_data": 422,
-        "unsupported_modality": 422,
-        "lateral_view": 422,
-        "not_chest": 422,
-        "undecodable": 422,
-        "image_too_large": 422,
-        "empty_image": 422,
-    }
-    error = ImageRejected("lateral_view", "x")
-    assert error.to_dict() == {"reason": "lateral_view", "detail": "x", "status": 422}
 
 
 # --- privacy --------------------------------------------------------------------------------------

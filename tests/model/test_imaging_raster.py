@@ -14,6 +14,7 @@ from PIL import Image
 
 from model.imaging import ImageRejected, read_image, read_path
 from model.imaging.detect import detect_format
+from service.errors import image_status
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
@@ -164,7 +165,7 @@ def test_truncated_files_are_undecodable(fmt: str) -> None:
     noisy = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
     data = encode(Image.fromarray(noisy), fmt)
     error = rejected(data[: len(data) // 2])
-    assert (error.reason, error.status) == ("undecodable", 422)
+    assert (error.reason, image_status(error)) == ("undecodable", 422)
     assert fmt in error.detail
 
 
@@ -183,7 +184,7 @@ def test_truncated_files_are_undecodable(fmt: str) -> None:
 def test_other_content_is_unsupported_format(data: bytes) -> None:
     assert detect_format(data) is None
     error = rejected(data)
-    assert (error.reason, error.status) == ("unsupported_format", 415)
+    assert (error.reason, image_status(error)) == ("unsupported_format", 415)
 
 
 def test_format_comes_from_content_not_from_the_file_name(tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_format_comes_from_content_not_from_the_file_name(tmp_path: Path) -> Non
 
 def test_bomb_header_is_refused_before_decoding() -> None:
     error = rejected(png_with_header(50_000, 50_000))
-    assert (error.reason, error.status) == ("image_too_large", 422)
+    assert (error.reason, image_status(error)) == ("image_too_large", 422)
 
 
 def test_max_pixels_is_honoured_below_pillows_own_limit() -> None:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from model.runtime import SquidRuntime
-from service.pipeline import infer, prepare
+from model.steps import infer, prepare
 from tests.net_support import free_port, metric_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def stop_server(server: Server) -> None:
 
 def local_score(runtime: SquidRuntime, data: bytes) -> float:
     """The score the shared pipeline gives in-process (what the server must match exactly)."""
-    results, _ = infer(runtime, [prepare(data, runtime.input_size, 100_000_000)])
+    results, _ = infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
     return results[0].score
 
 

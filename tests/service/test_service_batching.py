@@ -14,8 +14,8 @@ from dicom_factory import make_dicom
 from http_support import Server, chest_like, local_score, metric_value, png_gray
 
 from model.runtime import ScoreResult, SquidRuntime
+from model.steps import Prepared, prepare
 from service.batching import BatcherClosedError, MicroBatcher
-from service.pipeline import Prepared, prepare
 
 CONCURRENCY = 16
 
@@ -178,9 +178,10 @@ def test_submit_before_start_and_after_stop_is_refused() -> None:
 
 def test_real_runtime_batch_of_any_size_gives_the_same_bits(local_runtime: SquidRuntime) -> None:
     """The property the micro-batcher relies on, checked on the shipped artifact."""
-    from service.pipeline import infer
+    from model.steps import infer
 
-    items = [prepare(png_gray(chest_like(96, 96, seed=s)), local_runtime.input_size, 10**8) for s in range(5)]
+    prep = local_runtime.preprocessing
+    items = [prepare(png_gray(chest_like(96, 96, seed=s)), prep, 10**8) for s in range(5)]
     alone = [infer(local_runtime, [one])[0][0] for one in items]
     together, _ = infer(local_runtime, items)
     pairs, _ = infer(local_runtime, items[:2])

@@ -21,8 +21,8 @@ from model.dicom_results import Skip
 from model.dicom_results import codes as sr_codes
 from model.dicom_results.sc import MAX_SIDE, MIN_WIDTH
 
-SAMPLE = REPO_ROOT / "samples" / "normal-IM-0243-0001-MONOCHROME1.dcm"
-SAMPLE_PNG_TWIN = REPO_ROOT / "samples" / "normal-IM-0243-0001.jpeg"
+SAMPLE = REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm"
+SAMPLE_PNG_TWIN = REPO_ROOT / "samples" / "normal-IM-0372-0001.jpeg"
 NAME, PATIENT_ID = "Quimbyfrost^Sentinel", "SENTINEL-DCM-77031"
 
 

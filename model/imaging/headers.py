@@ -1,0 +1,51 @@
+"""Header-only DICOM reads the batch jobs need (DICOMDIR records, the UIDs of a refused file).
+
+Kept in :mod:`model.imaging` with the rest of the DICOM parsing, so the service never calls pydicom
+itself. Nothing here decodes pixels, and nothing returns patient identifiers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+
+UID_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def is_dicomdir(path: Path) -> bool:
+    """Whether ``path`` is a DICOM media directory (a file merely named DICOMDIR is not)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["DirectoryRecordSequence"])
+        return "DirectoryRecordSequence" in ds
+    except Exception:
+        return False
+
+
+def dicomdir_file_ids(path: Path) -> list[tuple[str, ...]]:
+    """The Referenced File IDs of a DICOMDIR's records, in record order (raises when unparsable)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = dcmread(path).DirectoryRecordSequence
+    ids: list[tuple[str, ...]] = []
+    for record in records:
+        file_id = record.get("ReferencedFileID")
+        if file_id:
+            ids.append((file_id,) if isinstance(file_id, str) else tuple(str(part) for part in file_id))
+    return ids
+
+
+def peek_uids(data: bytes) -> tuple[str, str, str] | None:
+    """Study, series and SOP instance UIDs of a DICOM byte string, or None when unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(UID_TAGS))
+        study, series, sop = (str(ds.get(tag, "") or "") for tag in UID_TAGS)
+    except Exception:
+        return None
+    return study, series, sop

@@ -1,0 +1,128 @@
+"""``squid.score_chunk``: score one chunk of a job's files into its chunk file.
+
+The delivery count per chunk turns a poison pill (a file that kills its worker) into failed rows
+instead of an endless loop, and a worker serving another model leaves the chunk to one that does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+
+from service import metrics as score_metrics
+from service.jobs import dicom_outputs, metrics
+from service.jobs.cache import NullCache, RedisScoreCache, ScoreCache
+from service.jobs.celery_app import CHUNK_TASK, app
+from service.jobs.results import ResultStore
+from service.jobs.rows import Reason, Row
+from service.jobs.scoring import STAGES, ChunkOutcome, model_namespace, score_entries
+from service.jobs.state import CANCELLED, RUNNING
+from service.jobs.task_wrapper import run_tracked
+from service.jobs.tasks.common import count, send_finalize
+from service.jobs.walker import FileEntry
+from service.jobs.worker_model import runtime
+from service.jobs.worker_redis import job_state
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("service.jobs.tasks")
+
+
+@app.task(name=CHUNK_TASK, bind=True, max_retries=None)
+def score_chunk(self: Task, payload: dict[str, Any]) -> None:
+    what = f"chunk {payload.get('index')} of job {payload.get('job_id')}"
+    run_tracked("chunk", what, lambda: _score_chunk(self, payload), float(payload["enqueued_at"]))
+
+
+def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
+    job_id, index = str(payload["job_id"]), int(payload["index"])
+    state = job_state()
+    job = state.get(job_id)
+    if job is None:
+        log.warning(
+            "chunk %d of job %s dropped: the job is unknown (expired or broker state lost)", index, job_id
+        )
+        return "dropped"
+    if job["state"] != RUNNING:
+        return "cancelled" if job["state"] == CANCELLED else "dropped"
+    cfg = get_settings()
+    store = ResultStore(Path(payload["job_dir"]))
+    entries = [FileEntry.from_wire(item) for item in payload["files"]]
+    attempts = state.attempt(job_id, index)
+    counts: dict[str, Any]
+    if store.has_chunk(index):  # written by a delivery that died before recording it
+        counts = count(store.read_chunk(index))
+    elif attempts > cfg.max_deliveries:
+        detail = f"delivered {attempts - 1} times without finishing (worker killed or time limit)"
+        version = job.get("model_version", "")
+        rows = [Row.rejected(e.path, Reason.WORKER_LOST, detail, version) for e in entries]
+        store.write_chunk(index, rows)
+        counts = count(rows)
+    else:
+        rt = runtime()
+        if model_namespace(rt) != job.get("model_namespace"):
+            return _model_mismatch(job, entries, store, index, attempts, cfg)
+        dicom = job.get("dicom_out") == "1"  # maps are not cached: DICOM results need a fresh score
+        cache: ScoreCache = (
+            NullCache() if dicom else RedisScoreCache(state.client, cfg.key_prefix, model_namespace(rt))
+        )
+        outcome = score_entries(rt, Path(payload["root"]), entries, cache=cache, max_pixels=cfg.max_pixels)
+        write_started = time.perf_counter()
+        if dicom:
+            dicom_outputs.write_chunk(
+                rt, Path(payload["root"]), outcome.results, store.job_dir, index, cfg.max_pixels
+            )
+        store.write_chunk(index, outcome.rows)
+        outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
+        _observe(outcome)
+        counts = {**outcome.summary(), "stage_ms": {k: round(v, 3) for k, v in outcome.timing_ms.items()}}
+    finished = state.record_chunk(job_id, index, counts)
+    if finished < 0:
+        return "dropped"
+    if finished >= int(job.get("chunks") or 0):
+        send_finalize(job_id)
+    return "succeeded"
+
+
+def _model_mismatch(
+    job: dict[str, str],
+    entries: list[FileEntry],
+    store: ResultStore,
+    index: int,
+    attempts: int,
+    cfg: Settings,
+) -> str:
+    """A worker serving another model must not score this job: leave the chunk to one that does."""
+    if attempts < cfg.max_deliveries:
+        raise Reject("model mismatch", requeue=True)
+    detail = f"no worker with model {job.get('model_version', '')!r} took the chunk"
+    rows = [
+        Row.rejected(e.path, Reason.MODEL_MISMATCH, detail, job.get("model_version", "")) for e in entries
+    ]
+    store.write_chunk(index, rows)
+    finished = job_state().record_chunk(job["id"], index, count(rows))
+    if finished >= int(job.get("chunks") or 0):
+        send_finalize(job["id"])
+    return "failed"
+
+
+def _observe(outcome: ChunkOutcome) -> None:
+    for (status, reason), number in outcome.reasons.items():
+        metrics.FILES.labels(status, reason).inc(number)
+    for name in ("scored", "resumed"):
+        if outcome.counts.get(name):
+            metrics.FILES.labels(name, "none").inc(outcome.counts[name])
+    if outcome.inference_batch:
+        metrics.INFERENCE.observe(outcome.timing_ms["inference"] / 1e3)
+        metrics.BATCH_SIZE.observe(outcome.inference_batch)
+    for row in outcome.rows:
+        if row.status == "scored" and row.score is not None:
+            score_metrics.observe_score(row.model_version, row.score, bool(row.is_anomalous))
+    files = max(1, len(outcome.rows))
+    for stage in STAGES:
+        if outcome.timing_ms.get(stage):
+            metrics.STAGE.labels(stage).observe(outcome.timing_ms[stage] / 1e3 / files)
