@@ -160,16 +160,20 @@ def export_command(
     ] = 16,
     version: Annotated[str | None, typer.Option(help="Model version to record (default: derived).")] = None,
 ) -> None:
-    """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file."""
+    """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file.
+
+    The anomaly map's reference (the training normals' mean contribution map) is computed here, so
+    the checkpoint's training data must still be where it was trained."""
     _require_training()
     from training import checkpoint as ckpt
     from training.export import ExportError, describe, export
-    from training.pipeline import parity_images
+    from training.pipeline import parity_images, training_normals
 
     try:
         state = ckpt.load(checkpoint)
         images = parity_images(state, data, check_images)
-        report = export(state, out, images, version)
+        normals = training_normals(state, progress=False)
+        report = export(state, out, images, normals, version)
     except (FileNotFoundError, ValueError, ExportError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(json.dumps(describe(report), indent=2))

@@ -56,7 +56,7 @@ def score_files(
         }
         if heatmap:
             target = heatmap / f"{path.stem}.heatmap.png"
-            target.write_bytes(overlay_png(item.decoded.pixels, result.anomaly_map))
+            target.write_bytes(overlay_png(item.decoded.pixels, result.anomaly_map, vmax=result.map_scale))
             row["heatmap"] = str(target)
         if dicom_out:
             row.update(dicom_fields(data, item.decoded, result, model_info, dicom_out))

@@ -42,6 +42,9 @@ class ArtifactMetadata:
     # Named thresholds chosen with the default one (e.g. ``spec90``: 0.90 specificity on the
     # selection set's normals), selectable at serving time without re-exporting.
     operating_points: dict[str, float] = field(default_factory=dict)
+    # What the ``anomaly_map`` output is and its fixed colour scale (``display_max``); empty for
+    # artifacts whose map is the older smoothed residual, which renderers then scale per image.
+    anomaly_map: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -60,8 +60,10 @@ def overlay_rgb(
 ) -> NDArray[np.uint8]:
     """The X-ray in gray with the anomaly map blended on top, at up to ``max_side`` pixels (RGB).
 
-    The map is normalised by ``vmax`` (default: its own maximum) so the hottest region is always
-    visible; absolute levels are in the score, not in the picture.
+    Colour and opacity grow with ``map / vmax`` clipped to [0, 1]: pixels at or below 0 (no more
+    evidence for "anomalous" than the training normals' average) keep the plain X-ray. ``vmax`` is
+    the artifact's fixed scale (``ScoreResult.map_scale``) so a colour means the same amount of
+    evidence on every image; without one (an old residual-map artifact) the map's own maximum.
     """
     low, high = float(np.min(image)), float(np.max(image))
 
@@ -77,7 +79,9 @@ def overlay_rgb(
     top = float(vmax if vmax is not None else anomaly_map.max())
     heat = anomaly_map / top if top > 0 else np.zeros_like(anomaly_map)
     heat_img = Image.fromarray(heat.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
-    coloured = colourise(np.asarray(heat_img))
+    heat_px = np.clip(np.asarray(heat_img), 0, 1)
+    coloured = colourise(heat_px)
     base_rgb = np.repeat(np.asarray(base)[..., None], 3, axis=2).astype(np.float32)
-    blended = (1 - alpha) * base_rgb + alpha * coloured.astype(np.float32)
+    weight = alpha * heat_px[..., None]
+    blended = (1 - weight) * base_rgb + weight * coloured.astype(np.float32)
     return blended.clip(0, 255).astype(np.uint8)

@@ -42,6 +42,8 @@ class ScoreResult:
     is_anomalous: bool
     threshold: float
     anomaly_map: NDArray[np.float32]
+    # The map value drawn in full colour, fixed per artifact (None: an old artifact, scale per image).
+    map_scale: float | None = None
 
 
 class SquidRuntime:
@@ -100,6 +102,12 @@ class SquidRuntime:
         return self.metadata.input_size
 
     @property
+    def map_scale(self) -> float | None:
+        """The artifact's fixed colour scale for its map: the same colour means the same evidence."""
+        value = self.metadata.anomaly_map.get("display_max")
+        return float(value) if value else None
+
+    @property
     def preprocessing(self) -> Preprocessing:
         """The preprocessing this artifact was trained with, read from its own spec."""
         return Preprocessing.from_spec(self.metadata.preprocessing, self.input_size)
@@ -133,6 +141,7 @@ class SquidRuntime:
                 is_anomalous=bool(scores[i] >= self.threshold),
                 threshold=self.threshold,
                 anomaly_map=out["anomaly_map"][i, 0],
+                map_scale=self.map_scale,
             )
             for i in range(len(batch))
         ]

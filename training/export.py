@@ -19,41 +19,66 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, SCHEMA_VERSION, ArtifactMetadata
 from model.network import Discriminator, SquidGenerator
+from model.network.evidence import contribution_map, evidence_map
 from model.preprocess import preprocessing_spec
 from training.checkpoint import Checkpoint
 
 RAW_TOLERANCE = 1e-4
 RECONSTRUCTION_TOLERANCE = 1e-5
-MAP_SIGMA_FRACTION = 1 / 40
+# The map's pixels must add up to orientation * (raw - reference raw) this closely (float32 sums).
+MAP_SUM_TOLERANCE = 1e-3
+# Full colour on the overlay: the share of training normals' map pixels that stay below it.
+DISPLAY_QUANTILE = 0.99
+REFERENCE_BATCH = 32
 
 
 class ExportError(RuntimeError):
     """The export failed a self-check; nothing was written."""
 
 
-def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    radius = size // 2
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+@dataclass(frozen=True)
+class ReferenceMap:
+    """The training normals' mean contribution map and the overlay's fixed colour scale."""
+
+    cells: torch.Tensor  # (1, 1, s, s)
+    display_max: float
+    images: int
+
+    @property
+    def raw_mean(self) -> float:
+        return float(self.cells.double().sum())
+
+    def describe(self) -> dict[str, Any]:
+        """The ``anomaly_map`` entry of the artifact's metadata: what the map is and its scale."""
+        return {
+            "method": "discriminator_contribution",
+            "units": "raw logit per pixel",
+            "sum": "orientation * (raw_score - reference_raw_mean)",
+            "reference": "mean contribution map of the training normals",
+            "reference_images": self.images,
+            "reference_raw_mean": self.raw_mean,
+            "grid": int(self.cells.shape[-1]),
+            "display_max": self.display_max,
+            "display_quantile": DISPLAY_QUANTILE,
+        }
 
 
 class InferenceChain(nn.Module):
     """What the artifact computes for a batch of preprocessed images (N, 1, H, W) in [0, 1].
 
     Outputs the raw D logit (on the reconstruction, or on the input when the config's ``score_on``
-    says so), the calibrated score, the student reconstruction and an anomaly map:
-    the absolute input/reconstruction residual smoothed by a Gaussian, at input resolution.
+    says so), the calibrated score, the student reconstruction and the anomaly map: D's logit
+    decomposed over its last feature map (:mod:`model.network.evidence`), minus the training
+    normals' mean decomposition (a buffer), oriented so that positive = evidence for anomalous, at
+    input resolution. Its pixels sum to ``orientation * (raw - reference raw mean)``.
     """
 
-    kernel: torch.Tensor
+    reference: torch.Tensor
 
     def __init__(
         self,
@@ -62,24 +87,46 @@ class InferenceChain(nn.Module):
         mu: float,
         sigma: float,
         orientation: int,
+        reference: torch.Tensor,
     ) -> None:
         super().__init__()
         self.generator, self.discriminator = generator.eval(), discriminator.eval()
         self.mu, self.sigma, self.orientation = float(mu), float(sigma), float(orientation)
-        size = generator.config.image_size
-        sigma_px = max(1.0, size * MAP_SIGMA_FRACTION)
-        width = int(2 * round(3 * sigma_px) + 1)
-        self.register_buffer("kernel", gaussian_kernel(width, sigma_px))
-        self.pad = width // 2
+        self.size = generator.config.image_size
+        self.register_buffer("reference", reference.detach().float().reshape(1, 1, *reference.shape[-2:]))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         reconstruction = self.generator.reconstruct(images)
         judged = images if self.generator.config.score_on == "input" else reconstruction
-        raw = self.discriminator(judged)
+        cells = contribution_map(self.discriminator, judged)
+        raw = cells.sum((1, 2, 3))
         score = torch.sigmoid(self.orientation * (raw - self.mu) / self.sigma)
-        residual = F.pad((images - reconstruction).abs(), [self.pad] * 4, mode="reflect")
-        anomaly_map = F.conv2d(residual, self.kernel)
+        anomaly_map = evidence_map(cells, self.reference, self.orientation, self.size)
         return raw, score, reconstruction, anomaly_map
+
+
+def reference_map(
+    generator: SquidGenerator, discriminator: Discriminator, normals: NDArray[np.float32], orientation: int
+) -> ReferenceMap:
+    """Mean contribution map over the training normals, and the colour scale: the
+    ``DISPLAY_QUANTILE`` of their own (reference-relative) map pixels."""
+    if len(normals) == 0:
+        raise ExportError("the reference map needs training normals; none were given")
+    generator.eval(), discriminator.eval()
+    judge_input = generator.config.score_on == "input"
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(normals), REFERENCE_BATCH):
+            batch = torch.from_numpy(np.ascontiguousarray(normals[start : start + REFERENCE_BATCH]))[:, None]
+            judged = batch if judge_input else generator.reconstruct(batch)
+            parts.append(contribution_map(discriminator, judged).double())
+        cells = torch.cat(parts)
+        mean = cells.mean(0, keepdim=True)
+        maps = evidence_map(cells, mean, orientation, generator.config.image_size)
+        display_max = float(
+            torch.quantile(maps.flatten()[:: max(1, maps.numel() // 4_000_000)].float(), DISPLAY_QUANTILE)
+        )
+    return ReferenceMap(mean.float(), max(display_max, 1e-12), len(normals))
 
 
 @dataclass
@@ -91,11 +138,15 @@ class ExportReport:
     metadata: ArtifactMetadata
 
 
-def build_chain(checkpoint: Checkpoint) -> InferenceChain:
+def build_chain(checkpoint: Checkpoint, reference: ReferenceMap | None = None) -> InferenceChain:
+    """The chain to export. Without a ``reference`` the map is relative to zero, not to the
+    normals (only for benchmarks that time the graph; :func:`export` always passes one)."""
     generator, discriminator = checkpoint.build()
     calibration = checkpoint.get_calibration()
+    side = checkpoint.squid_config().image_size // 2 ** len(checkpoint.squid_config().discriminator_channels)
+    cells = reference.cells if reference is not None else torch.zeros(1, 1, side, side)
     chain = InferenceChain(
-        generator, discriminator, calibration.mu, calibration.sigma, calibration.orientation
+        generator, discriminator, calibration.mu, calibration.sigma, calibration.orientation, cells
     )
     return chain.eval()
 
@@ -108,7 +159,9 @@ def weights_digest(chain: InferenceChain) -> str:
     return digest.hexdigest()
 
 
-def build_metadata(checkpoint: Checkpoint, chain: InferenceChain, version: str) -> ArtifactMetadata:
+def build_metadata(
+    checkpoint: Checkpoint, chain: InferenceChain, version: str, reference: ReferenceMap
+) -> ArtifactMetadata:
     assert checkpoint.threshold is not None and checkpoint.calibration is not None
     size = checkpoint.squid_config().image_size
     return ArtifactMetadata(
@@ -142,6 +195,7 @@ def build_metadata(checkpoint: Checkpoint, chain: InferenceChain, version: str) 
             "config": checkpoint.config,
         },
         weights_sha256=weights_digest(chain),
+        anomaly_map=reference.describe(),
     )
 
 
@@ -174,13 +228,19 @@ def session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def parity(chain: InferenceChain, model: onnx.ModelProto, images: NDArray[np.float32]) -> tuple[float, float]:
-    """Largest raw-score and reconstruction differences between torch and onnxruntime."""
+def parity(
+    chain: InferenceChain, model: onnx.ModelProto, images: NDArray[np.float32]
+) -> tuple[float, float, float]:
+    """Largest raw-score and reconstruction differences between torch and onnxruntime, and the
+    largest gap between onnxruntime's map total and ``orientation * (raw - reference raw mean)``."""
     batch = np.ascontiguousarray(images[:, None], dtype=np.float32)
     with torch.no_grad():
         expected = [t.numpy() for t in chain(torch.from_numpy(batch))]
     got = session(model).run(None, {INPUT_NAME: batch})
-    return float(np.abs(got[0] - expected[0]).max()), float(np.abs(got[2] - expected[2]).max())
+    reference = float(chain.reference.double().sum())
+    totals = got[3].astype(np.float64).sum(axis=(1, 2, 3))
+    gap = np.abs(totals - chain.orientation * (got[0].astype(np.float64) - reference)).max()
+    return float(np.abs(got[0] - expected[0]).max()), float(np.abs(got[2] - expected[2]).max()), float(gap)
 
 
 def attach_metadata(model: onnx.ModelProto, metadata: ArtifactMetadata) -> None:
@@ -202,27 +262,41 @@ def write_atomically(model: onnx.ModelProto, out: Path) -> int:
 
 
 def export(
-    checkpoint: Checkpoint, out: Path, check_images: NDArray[np.float32], version: str | None = None
+    checkpoint: Checkpoint,
+    out: Path,
+    check_images: NDArray[np.float32],
+    normals: NDArray[np.float32],
+    version: str | None = None,
 ) -> ExportReport:
-    """Export, self-check against torch on ``check_images`` (N, H, W), then write ``out``."""
+    """Export, self-check against torch on ``check_images`` (N, H, W), then write ``out``.
+
+    ``normals`` (N, H, W) are the training normals, preprocessed: their mean contribution map is
+    baked into the graph as the map's reference, and their map pixels fix its colour scale.
+    """
     if len(check_images) < 2:
         raise ExportError("the parity check needs at least two images")
     if checkpoint.threshold is None or checkpoint.calibration is None:
         raise ExportError("checkpoint is not calibrated: export the best checkpoint, not the .last one")
-    chain = build_chain(checkpoint)
+    generator, discriminator = checkpoint.build()
+    reference = reference_map(generator, discriminator, normals, checkpoint.get_calibration().orientation)
+    chain = build_chain(checkpoint, reference)
     size = checkpoint.squid_config().image_size
-    metadata = build_metadata(checkpoint, chain, version or _default_version(checkpoint))
+    metadata = build_metadata(checkpoint, chain, version or _default_version(checkpoint), reference)
     model = to_onnx(chain, size)
     attach_metadata(model, metadata)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"ONNX checker rejected the export: {exc}") from exc
-    raw_diff, recon_diff = parity(chain, model, check_images)
+    raw_diff, recon_diff, map_gap = parity(chain, model, check_images)
     if raw_diff > RAW_TOLERANCE or recon_diff > RECONSTRUCTION_TOLERANCE:
         raise ExportError(
             f"onnxruntime disagrees with torch: raw scores differ by {raw_diff:.2e} (limit {RAW_TOLERANCE}), "
             f"reconstructions by {recon_diff:.2e} (limit {RECONSTRUCTION_TOLERANCE}); nothing written"
+        )
+    if map_gap > MAP_SUM_TOLERANCE:
+        raise ExportError(
+            f"the anomaly map does not add up to the score: off by {map_gap:.2e}; nothing written"
         )
     size_bytes = write_atomically(model, Path(out))
     return ExportReport(Path(out), size_bytes, raw_diff, recon_diff, metadata)
@@ -239,6 +313,8 @@ def describe(report: ExportReport) -> dict[str, Any]:
         "megabytes": round(report.size_bytes / 1e6, 2),
         "max_raw_difference": report.max_raw_difference,
         "max_reconstruction_difference": report.max_reconstruction_difference,
+        "map_reference_raw_mean": report.metadata.anomaly_map["reference_raw_mean"],
+        "map_display_max": report.metadata.anomaly_map["display_max"],
         "threshold": report.metadata.threshold,
         "threshold_rule": report.metadata.threshold_rule,
     }

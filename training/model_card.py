@@ -57,6 +57,7 @@ def render(artifact: Path, extra: dict[str, Any]) -> str:
         else "the validation split"
     )
     points = ", ".join(f"`{name}` {value:.4f}" for name, value in meta.operating_points.items())
+    heatmap = _heatmap_section(meta)
     return f"""# Model card: {meta.model_name} {meta.model_version}
 
 `{artifact.name}` ({size_mb:.1f} MB, weights sha256 `{meta.weights_sha256[:16]}…`) is the default model of
@@ -111,6 +112,9 @@ Epoch {training.get("epoch")} of {training.get("epochs")} planned (best selectio
 
 {extra.get("comparison", "")}
 
+## The heatmap
+{heatmap}
+
 ## Known limits
 - Pediatric patients (1-5 years, one centre in Guangzhou): adult chests, other scanners and other
   populations are out of distribution and will score as more anomalous.
@@ -120,6 +124,27 @@ Epoch {training.get("epoch")} of {training.get("epochs")} planned (best selectio
   abnormality available for validation.
 - The discriminator signal varies between epochs; retraining with another seed gives another model.
 """
+
+
+def _heatmap_section(meta: ArtifactMetadata) -> str:
+    """What the artifact's anomaly map is, and what it is not."""
+    info = meta.anomaly_map
+    if info.get("method") != "discriminator_contribution":
+        return (
+            "The map is the smoothed |input - reconstruction| residual, scaled per image. It is **not**\n"
+            "what the score used and does not explain it (no better than chance in the deletion benchmark)."
+        )
+    grid = info.get("grid")
+    return f"""Evidence for the score, **not a lesion segmentation**. The discriminator's logit is a sum over
+its last {grid}x{grid} feature map (weights times features, plus the bias); the map is that
+decomposition minus the mean decomposition of {info.get("reference_images")} training normals, spread
+bilinearly over the input (each cell keeps its total), signed so that positive = evidence for
+"anomalous". Its pixels add up to `-(raw - {info.get("reference_raw_mean", 0):.4f})`, the raw score's
+deviation from the normals' mean; divided by sigma that is the calibrated z. Its resolution is the
+{grid}x{grid} grid: it says which part of the film drove the score, not where a lesion's border is.
+Overlays use a fixed colour scale: full colour at {info.get("display_max", 0):.3g} per pixel, a level
+{100 * (1 - info.get("display_quantile", 0.99)):.0f} % of the training normals' map pixels exceed.
+Faithfulness (deletion curves): `bench/map_faithfulness.py`, results in docs/heatmap.md."""
 
 
 def write(artifact: Path, out: Path, extra: dict[str, Any]) -> None:

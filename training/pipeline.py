@@ -146,10 +146,13 @@ def evaluation_set(
 
 
 def training_normals(checkpoint: ckpt.Checkpoint, progress: bool = True) -> NDArray[np.float32]:
-    """The normals the checkpoint was trained on (its recorded root and split), for the baselines."""
+    """The normals the checkpoint was trained on (its recorded root and split), for the baselines
+    and for the export's anomaly-map reference."""
     root = Path(checkpoint.data.get("root", ""))
     if not root.exists():
-        raise FileNotFoundError(f"the training data {root} is gone: the baselines need it")
+        raise FileNotFoundError(
+            f"the training data {root} is gone: the baselines and the anomaly map's reference need it"
+        )
     spec = SplitSpec(**checkpoint.data.get("split", {}))
     return prepare_data(root, preprocessing_of(checkpoint.squid_config()), spec, progress).train
 

@@ -42,7 +42,7 @@ def anomaly_map(result: ScoreResult) -> NDArray[np.float32]:
 def overlay(pixels: NDArray[Any], result: ScoreResult, max_side: int = MAX_SIDE) -> NDArray[np.uint8]:
     """The API's heatmap overlay (the same renderer) at up to ``max_side`` pixels on the long side,
     repeated pixel by pixel an integer number of times when it is narrower than ``MIN_WIDTH``."""
-    picture = overlay_rgb(pixels, anomaly_map(result), max_side=max_side)
+    picture = overlay_rgb(pixels, anomaly_map(result), max_side=max_side, vmax=result.map_scale)
     factor = -(-MIN_WIDTH // picture.shape[1])
     return picture if factor <= 1 else picture.repeat(factor, axis=0).repeat(factor, axis=1)
 

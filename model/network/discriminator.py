@@ -44,9 +44,13 @@ class Discriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B,) logits."""
+        return self.head(self.feature_map(images).flatten(1)).squeeze(1)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, C, s, s): the last feature map, which the linear head reads whole."""
         if self.blur_radius:
             images = F.conv2d(F.pad(images, [self.blur_radius] * 4, mode="replicate"), self.low_pass)
-        return self.head(self.features(images).flatten(1)).squeeze(1)
+        return self.features(images)
 
     def set_score_norm(self, mode: str) -> None:
         """Switch how BatchNorm normalises at inference (see :class:`ScoreNorm2d`)."""

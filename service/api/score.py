@@ -47,7 +47,16 @@ class ScoreResponse(BaseModel):
     input: ImageInfo
     warnings: list[str]
     timing_ms: Timing
-    heatmap_png_base64: str | None = Field(None, description="with ?heatmap=true: overlay PNG")
+    heatmap_png_base64: str | None = Field(
+        None,
+        description=(
+            "with ?heatmap=true: overlay PNG of the score's evidence map. The discriminator's logit "
+            "decomposed over its last feature map, minus the training normals' mean decomposition; "
+            "coloured where the image is less normal than the normals usually are, on a fixed scale "
+            "(GET /model: anomaly_map.display_max). Its pixels sum to the raw score's deviation from "
+            "the normals' mean. Evidence for the score, not a lesion segmentation"
+        ),
+    )
     preview_png_base64: str | None = Field(None, description="with ?preview=true: decoded input PNG")
 
 

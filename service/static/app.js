@@ -27,8 +27,28 @@
       const model = await response.json();
       $("model-line").textContent =
         `Model: ${model.model_name} ${model.model_version} · threshold ${model.serving.threshold.toFixed(3)}`;
+      describeMap(model.anomaly_map || {});
     } catch (error) {
       $("model-line").textContent = "Model: server unreachable";
+    }
+  }
+
+  // The legend follows the artifact: a fixed scale for the discriminator-contribution map, or the
+  // older residual map that is scaled per image (its colours do not compare across images).
+  function describeMap(map) {
+    if (map.method === "discriminator_contribution") {
+      const percent = Math.round((1 - map.display_quantile) * 1000) / 10;
+      $("legend-max").textContent = `full colour: top ${percent} % of normals`;
+      $("legend-text").textContent =
+        "Colour shows where the discriminator found this image less normal than the training " +
+        "normals on average; the map adds up to the raw score's deviation from their mean. " +
+        "The scale is fixed, so a colour means the same on every image. " +
+        "Evidence for the score, not an outline of a lesion.";
+    } else {
+      $("legend-max").textContent = "this image's maximum";
+      $("legend-text").textContent =
+        "Older model: the map is the smoothed reconstruction residual, scaled per image; " +
+        "it is not what the score used.";
     }
   }
 

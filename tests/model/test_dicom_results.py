@@ -148,7 +148,7 @@ def test_sc_shows_the_api_overlay_with_the_score_burned_in(
     source = read_source(chest_upload)
     sc = dcmread(paths["sc"])
     pixels = sc.pixel_array
-    png = overlay_png(decoded.pixels, result.anomaly_map, max_side=MAX_SIDE)
+    png = overlay_png(decoded.pixels, result.anomaly_map, max_side=MAX_SIDE, vmax=result.map_scale)
     factor = -(-MIN_WIDTH // decoded.pixels.shape[1])  # 288 columns: each pixel repeated twice
     assert factor == 2
     expected = np.asarray(Image.open(io.BytesIO(png))).repeat(factor, axis=0).repeat(factor, axis=1)

@@ -104,6 +104,9 @@ def test_upload_shows_score_label_and_overlay(browser, server: Server, xray: Pat
     overlay = browser.find_element(By.ID, "overlay-image")
     assert overlay.get_attribute("src").startswith("data:image/png;base64,")
     assert overlay.size["width"] > 100
+    # The legend says what the colours mean for this artifact's map (fixed scale or per image).
+    legend = browser.find_element(By.ID, "legend-text").text
+    assert "training normals" in legend or "scaled per image" in legend
     assert "dicom" in browser.find_element(By.ID, "input-table").text
     assert "Scored" in browser.find_element(By.ID, "status").text
 

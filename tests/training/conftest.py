@@ -39,5 +39,5 @@ def tiny_checkpoint(real_images, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_checkpoint, real_images, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifact") / "tiny.onnx"
-    export(ckpt.load(tiny_checkpoint), out, real_images["val"][:6], version="test")
+    export(ckpt.load(tiny_checkpoint), out, real_images["val"][:6], real_images["train"], version="test")
     return out

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 from model.artifact import METADATA_KEY, SCHEMA_VERSION, ArtifactError  # noqa: E402
 from model.imaging import read_image  # noqa: E402
+from model.network.evidence import contribution_map  # noqa: E402
 from model.preprocess import PREPROCESSING_VERSION, preprocess  # noqa: E402
 from model.runtime import SquidRuntime  # noqa: E402
 from tests.dicom_factory import make_dicom  # noqa: E402
@@ -42,6 +43,60 @@ def test_artifact_matches_torch_on_real_images(tiny_checkpoint, tiny_artifact, r
     results = SquidRuntime(tiny_artifact).score(images)
     np.testing.assert_allclose([r.score for r in results], calibration.apply(out["raw_score"]), atol=1e-12)
     assert out["anomaly_map"].shape == (len(images), 1, 64, 64)
+
+
+def test_contribution_map_sums_to_the_discriminator_logit(tiny_checkpoint, real_images):
+    _, discriminator = ckpt.load(tiny_checkpoint).build()
+    images = torch.from_numpy(real_images["val"])[:, None]
+    with torch.inference_mode():
+        cells = contribution_map(discriminator.eval(), images)
+        logits = discriminator(images)
+    assert cells.shape == (len(images), 1, 2, 2)  # 64 px through five stride-2 convs
+    np.testing.assert_allclose(cells.double().sum((1, 2, 3)).numpy(), logits.double().numpy(), atol=1e-5)
+
+
+def test_map_total_is_the_raw_score_deviation_from_the_normals_mean_in_torch_and_onnxruntime(
+    tiny_checkpoint, tiny_artifact, real_images
+):
+    """sum(map) = orientation * (raw - mean raw of the training normals), to float tolerance."""
+    state = ckpt.load(tiny_checkpoint)
+    generator, discriminator = state.build()
+    calibration = state.get_calibration()
+    reference = exporter.reference_map(
+        generator, discriminator, real_images["train"], calibration.orientation
+    )
+    normals_raw, _ = score_images(generator, discriminator, real_images["train"])
+    assert reference.raw_mean == pytest.approx(float(np.mean(normals_raw)), abs=1e-4)
+    # The calibration's mu is the same mean (over the same normals): sum(map) / sigma is the z-score.
+    assert reference.raw_mean == pytest.approx(calibration.mu, abs=1e-4)
+    images = real_images["val"]
+    chain = exporter.build_chain(state, reference)
+    with torch.no_grad():
+        raw, _, _, torch_map = (t.double().numpy() for t in chain(torch.from_numpy(images)[:, None]))
+    orientation = calibration.orientation
+    np.testing.assert_allclose(
+        torch_map.sum(axis=(1, 2, 3)), orientation * (raw - reference.raw_mean), atol=1e-5
+    )
+    runtime = SquidRuntime(tiny_artifact)
+    out = runtime.run(images)
+    meta = runtime.metadata.anomaly_map
+    assert meta["method"] == "discriminator_contribution"
+    assert meta["reference_raw_mean"] == pytest.approx(reference.raw_mean, abs=1e-9)
+    onnx_totals = out["anomaly_map"].astype(np.float64).sum(axis=(1, 2, 3))
+    expected = orientation * (out["raw_score"].astype(np.float64) - meta["reference_raw_mean"])
+    np.testing.assert_allclose(onnx_totals, expected, atol=1e-5)
+    np.testing.assert_allclose(out["anomaly_map"], torch_map, atol=1e-5)
+    # Not a constant spread of the total: the map has structure within each image.
+    assert all(np.ptp(m) > 0 for m in out["anomaly_map"])
+    assert runtime.map_scale == meta["display_max"] > 0
+    assert all(r.map_scale == runtime.map_scale for r in runtime.score(images))
+
+
+def test_export_refuses_without_training_normals(tiny_checkpoint, real_images, tmp_path):
+    target = tmp_path / "x.onnx"
+    with pytest.raises(exporter.ExportError, match="training normals"):
+        exporter.export(ckpt.load(tiny_checkpoint), target, real_images["val"][:4], real_images["train"][:0])
+    assert not target.exists()
 
 
 def test_metadata_carries_everything_needed_to_score(tiny_checkpoint, tiny_artifact):
@@ -73,7 +128,7 @@ def test_export_aborts_and_writes_nothing_when_parity_fails(
     monkeypatch.setattr(exporter, "RAW_TOLERANCE", -1.0)
     target = tmp_path / "never.onnx"
     with pytest.raises(exporter.ExportError, match="disagrees"):
-        exporter.export(ckpt.load(tiny_checkpoint), target, real_images["val"][:4])
+        exporter.export(ckpt.load(tiny_checkpoint), target, real_images["val"][:4], real_images["train"])
     assert not target.exists() and not list(tmp_path.iterdir())
 
 
@@ -82,7 +137,7 @@ def test_export_refuses_uncalibrated_checkpoint(tiny_checkpoint, real_images, tm
     state.calibration = None
     state.threshold = None
     with pytest.raises(exporter.ExportError, match="not calibrated"):
-        exporter.export(state, tmp_path / "x.onnx", real_images["val"][:4])
+        exporter.export(state, tmp_path / "x.onnx", real_images["val"][:4], real_images["train"])
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
@@ -171,8 +226,17 @@ def test_score_on_input_judges_the_input_in_torch_and_in_the_artifact(tiny_check
     on_reconstruction, _ = score_images(*ckpt.load(tiny_checkpoint).build(), images)
     assert not np.allclose(raw, on_reconstruction, atol=1e-3)
     out = tmp_path / "input.onnx"
-    exporter.export(state, out, images, version="test")
-    np.testing.assert_allclose(SquidRuntime(out).run(images)["raw_score"], raw, atol=1e-4)
+    exporter.export(state, out, images, real_images["train"], version="test")
+    runtime = SquidRuntime(out)
+    got = runtime.run(images)
+    np.testing.assert_allclose(got["raw_score"], raw, atol=1e-4)
+    # The map decomposes D on what D judged: here the input itself.
+    with torch.inference_mode():
+        normals = torch.from_numpy(real_images["train"])[:, None]
+        mean_raw = float(discriminator(normals).double().mean())
+    assert runtime.metadata.anomaly_map["reference_raw_mean"] == pytest.approx(mean_raw, abs=1e-4)
+    totals = got["anomaly_map"].astype(np.float64).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(totals, -(got["raw_score"] - mean_raw), atol=1e-4)
 
 
 def test_operating_points_travel_in_the_artifact_and_select_the_threshold(tiny_checkpoint, tiny_artifact):
