@@ -244,6 +244,8 @@ class JobManager:
         if record is None:
             raise JobError(404, "job_not_found", "no such job")
         if record.get("state") in FINAL_STATES:
+            if record.get("source") == "zip":
+                remove_upload(job_dir)  # Redis expired it: a worker that died before its clean-up left them
             return _view(record, record.get("progress") or {})
         if record.get("source") == "zip":
             remove_upload(job_dir)  # no worker will ever use it: the job can only be re-submitted
