@@ -119,6 +119,7 @@ def _batch_in_process(
     from tqdm import tqdm
 
     from service.jobs.inprocess import run_inprocess
+    from service.jobs.state import published_counts
 
     bar = tqdm(total=0, unit="file", disable=not progress, file=sys.stderr)
 
@@ -145,11 +146,10 @@ def _batch_in_process(
         bar.close()
     if summary.published.missing:
         raise _fail(f"{len(summary.published.missing)} files have no result row", 1)
-    counts = summary.counts
-    scored = counts["scored"] + counts["resumed"]
+    counts = published_counts(summary.counts)
     typer.echo(
         f"{summary.total} files in {summary.seconds:.1f} s ({summary.files_per_s:.1f} files/s): "
-        f"scored {scored} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
+        f"scored {counts['scored']} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
         f"failed {counts['failed']}; {summary.published.studies} studies; results in {out}"
         + (f"; {summary.dicom_objects} DICOM objects" if summary.dicom_objects is not None else "")
     )

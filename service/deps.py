@@ -105,7 +105,8 @@ class AppState:
     async def prepare(self, data: bytes, runtime: SquidRuntime) -> Prepared:
         """Decode and preprocess in the thread pool (raises ``ImageRejected``, or 503 ``busy``)."""
         if self.decode_budget is None:
-            self.decode_budget = DecodeBudget(self.settings.decode_budget_mb << 20)
+            budget_mb, wait_s = self.settings.decode_budget_mb, self.settings.decode_wait_s
+            self.decode_budget = DecodeBudget(budget_mb << 20, wait_s)
         pixels = min(declared_pixels(data), self.settings.max_pixels * 4)  # a lying header is refused later
         async with self.decode_budget.reserve(pixels * PEAK_BYTES_PER_PIXEL), self.decode_slots:
             return await run_in_threadpool(prepare, data, runtime.preprocessing, self.settings.max_pixels)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     decode_budget_mb: int = Field(
         2048, ge=64, description="Memory all concurrent image decodes may use together (estimated)."
     )
+    decode_wait_s: float = Field(
+        10.0, ge=0, description="Longest wait for a share of the decode budget; then 503 busy (0: no wait)."
+    )
     # Batch jobs.
     broker_url: str | None = Field(None, description="Redis URL for Celery; unset = no broker.")
     import_root: Path | None = Field(None, description="The only tree batch jobs may read.")

@@ -18,6 +18,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -35,6 +36,7 @@ from .result import DecodedImage, Finding, ImageInfo
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
+UNDEFINED_LENGTH = 0xFFFFFFFF
 ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless})
 
 
@@ -52,9 +54,10 @@ def read_dicom(data: bytes, *, max_pixels: int, enforce_gates: bool = True) -> D
 def _read(data: bytes, *, max_pixels: int, enforce_gates: bool) -> DecodedImage:
     findings: list[str] = []
     ds = _parse(data)
+    complete = any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS) or _ends_on_element(ds, len(data))
     scrub = Scrubber.from_dataset(ds)
     syntax = _ensure_transfer_syntax(ds, findings)
-    _require_pixel_data(ds, syntax)
+    _require_pixel_data(ds, syntax, complete=complete)
     if enforce_gates:
         _check_acquisition(ds, findings)
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
@@ -85,18 +88,40 @@ def _parse(data: bytes) -> Dataset:
     return ds
 
 
-def _require_pixel_data(ds: Dataset, syntax: UID) -> None:
-    """Tell objects that never had pixels (SR, presentation states) from truncated images.
+def _ends_on_element(ds: Dataset, size: int) -> bool:
+    """Whether the last element read ends exactly where the bytes end, i.e. the file was not cut.
 
-    pydicom reads truncated files without raising: a cut inside encapsulated pixel data leaves an
-    empty dataset, a cut inside the header leaves its first elements. So an image SOP class or
-    Image Pixel attributes without pixel data mean a damaged file, not an object without pixels.
+    pydicom reads truncated files without raising: a value cut short is kept short and a partial
+    tag at the end is dropped. The declared lengths still tell: in a whole file the element that
+    ends last ends at the last byte. Must run before any element is accessed (raw elements keep
+    their offsets and lengths). Undefined lengths and deflated bodies cannot be checked that way,
+    so they count as not whole.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if len(ds) == 0 or (meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian):
+        return False
+    end = 0
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts its raw elements
+        element = ds.get_item(tag)
+        offset, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+        if offset is None or length is None or length == UNDEFINED_LENGTH:
+            return False
+        end = max(end, offset + length)
+    return end == size
+
+
+def _require_pixel_data(ds: Dataset, syntax: UID, *, complete: bool) -> None:
+    """Tell objects without pixels (SR, presentation states, header-only images) from truncated ones.
+
+    A cut inside encapsulated pixel data leaves an empty dataset, a cut inside the header leaves
+    its first elements; neither is ``complete``. An image SOP class or Image Pixel attributes in a
+    file that was cut mean a damaged file; in a whole file they mean an image stored without pixels.
     """
     if any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS):
         return
     declared = (_text(ds, "SOPClassUID"), _text(ds.file_meta, "MediaStorageSOPClassUID"))
     is_image_class = any(uid and "Image Storage" in UID(uid).name for uid in declared)
-    if len(ds) == 0 or is_image_class or any(k in ds for k in IMAGE_PIXEL_KEYWORDS):
+    if not complete and (len(ds) == 0 or is_image_class or any(k in ds for k in IMAGE_PIXEL_KEYWORDS)):
         raise ImageRejected(
             Reason.UNDECODABLE,
             f"image without complete pixel data (truncated file?), transfer syntax {_syntax_label(syntax)}",

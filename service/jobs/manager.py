@@ -37,6 +37,7 @@ from service.jobs.state import (
     JobState,
     now_iso,
     parse_iso,
+    published_counts,
     read_record,
     write_record,
 )
@@ -244,6 +245,8 @@ class JobManager:
         if record is None:
             raise JobError(404, "job_not_found", "no such job")
         if record.get("state") in FINAL_STATES:
+            if record.get("source") == "zip":
+                remove_upload(job_dir)  # Redis expired it: a worker that died before its clean-up left them
             return _view(record, record.get("progress") or {})
         if record.get("source") == "zip":
             remove_upload(job_dir)  # no worker will ever use it: the job can only be re-submitted
@@ -295,9 +298,8 @@ class JobManager:
 
 
 def _view(data: dict[str, Any], progress: dict[str, Any]) -> JobView:
-    counts = {name: int(progress.get(name, 0) or 0) for name in COUNT_KEYS}
-    done = sum(counts.values())
-    counts["scored"] += counts["resumed"]  # published: scored includes the resumed ones
+    done = sum(int(progress.get(name, 0) or 0) for name in COUNT_KEYS)
+    counts = published_counts(progress)
     started, finished = parse_iso(data.get("started_at") or None), parse_iso(data.get("finished_at") or None)
     elapsed = None
     if started is not None:

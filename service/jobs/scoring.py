@@ -42,7 +42,8 @@ def model_namespace(runtime: SquidRuntime) -> str:
 class ChunkOutcome:
     """Rows in entry order, counts by outcome, and summed per-stage times (ms).
 
-    ``counts["scored"]`` excludes ``counts["resumed"]`` (scores taken from the resume cache).
+    Counts are stored disjoint: ``scored`` is fresh scores, ``resumed`` the scores taken from the
+    resume cache (:func:`service.jobs.state.published_counts` makes the sum users see).
     ``results`` holds the full result (anomaly map included) of each file scored fresh, by path.
     """
 
@@ -101,6 +102,7 @@ def score_entries(
             for p, res in zip(pending, results, strict=True):
                 uids = _uids(p.item)
                 rows[p.index] = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                outcome.counts["scored"] += 1
                 outcome.results[p.entry.path] = res
                 fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
             try:
@@ -109,12 +111,9 @@ def score_entries(
                 log.warning("could not record %d scores in the resume cache", len(fresh))
     outcome.rows = [row for row in rows if row is not None]
     for row in outcome.rows:
-        if row.status == Status.SCORED:
-            outcome.counts["scored"] += 1
-        else:
+        if row.status != Status.SCORED:  # scored rows were counted as fresh or resumed where made
             outcome.counts[row.status] += 1
             outcome.reasons[(row.status, row.reason)] += 1
-    outcome.counts["scored"] -= outcome.counts["resumed"]  # a resumed row is published like a fresh one
     return outcome
 
 

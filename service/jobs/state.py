@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,18 @@ class JobState:
         record.update({k: v for k, v in live.items() if k not in ("root", "job_dir")})
         record["progress"] = self.progress(job_id)
         write_record(job_dir, record)
+
+
+def published_counts(stored: Mapping[str, Any]) -> dict[str, int]:
+    """The counts the API and the CLI show, from the counts chunks store: the one place that converts.
+
+    Stored counts are disjoint, so a job's ``done`` is their sum: ``scored`` is fresh scores only,
+    ``resumed`` the scores taken from the resume cache. Users read ``scored`` as every file that got
+    a score, of which ``resumed`` came from the cache.
+    """
+    counts = {name: int(stored.get(name, 0) or 0) for name in COUNT_KEYS}
+    counts["scored"] += counts["resumed"]
+    return counts
 
 
 def _encode(value: Any) -> str:

@@ -526,6 +526,26 @@ def test_sr_without_pixels_is_no_pixel_data() -> None:
     assert "Enhanced SR Storage" in error.detail
 
 
+@pytest.mark.parametrize("modality", ["DX", "CR", "OT"])
+@pytest.mark.parametrize("image_pixel_module", [False, True])
+def test_image_class_without_pixel_data_element_is_no_pixel_data(
+    modality: str, image_pixel_module: bool
+) -> None:
+    pixel_module = {"Rows": 64, "Columns": 64, "BitsAllocated": 16, "SamplesPerPixel": 1}
+    extra = pixel_module if image_pixel_module else {}
+    data = make_dicom(None, modality=modality, with_pixels=False, extra=extra)
+    assert "Image Storage" in dcmread(io.BytesIO(data)).file_meta.MediaStorageSOPClassUID.name
+    error = rejected(data)
+    assert (error.reason, image_status(error)) == ("no_pixel_data", 422)
+    assert "Image Storage" in error.detail and "truncated" not in error.detail
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7, 12])
+def test_header_only_image_cut_short_is_still_undecodable(cut: int) -> None:
+    data = make_dicom(None, modality="DX", with_pixels=False)
+    assert rejected(data[:-cut]).reason == "undecodable"
+
+
 @pytest.mark.parametrize("modality", ["CT", "MR", "US", "MG"])
 def test_non_radiograph_modalities_are_refused(modality: str) -> None:
     assert rejected(small(modality=modality)).reason == "unsupported_modality"

@@ -186,6 +186,7 @@ def test_request_errors_have_a_reason_and_status(
     ("dicom_kwargs", "reason"),
     [
         ({"modality": "SR", "pixels": None, "with_pixels": False}, "no_pixel_data"),
+        ({"modality": "DX", "pixels": None, "with_pixels": False}, "no_pixel_data"),
         ({"modality": "CT"}, "unsupported_modality"),
         ({"view_position": "LL"}, "lateral_view"),
         ({"body_part": "KNEE"}, "not_chest"),
