@@ -3,7 +3,8 @@
 Keys (``P`` = the configured key prefix):
 
 * ``P:job:ID`` hash: state, source, label, root, job_dir, created/started/finished times, total,
-  chunks, model version and namespace, threshold, error reason/detail, planned flag.
+  chunks, model version and namespace, threshold, error reason/detail, ``chunks_sent`` (how many
+  chunks planning has sent, so a plan run again does not send them twice), planned flag.
 * ``P:job:ID:chunks`` hash: chunk index -> JSON counts of a *finished* chunk. Progress is the sum of
   this hash, so a chunk finishing twice counts once.
 * ``P:job:ID:attempts`` hash: chunk index (or ``plan``) -> deliveries seen (poison-pill guard).

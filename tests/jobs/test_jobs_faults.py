@@ -313,3 +313,81 @@ def test_a_worker_with_another_model_leaves_the_job_model_mismatch_rows_not_scor
             if worker is not None:
                 worker.stop()
         server.kill()
+
+
+SENT_FIRST = 10  # chunks the first plan has sent when its worker is stopped
+
+
+def test_a_plan_sent_again_after_its_worker_died_keeps_the_job_model_and_chunks(
+    tmp_path: Path, bulk: tuple[Path, list[str]]
+) -> None:
+    """The planner is SIGKILLed after it wrote the job's totals and model but before it sent every
+    chunk; the reaper sends the plan again to the only worker left, which serves another model. That
+    second plan must keep the recorded model (the stranger's chunks end as ``model_mismatch``, never
+    scored with its model) and send only the chunks the first plan had not sent: every file exactly
+    once, and each chunk counted once."""
+    _, paths = bulk
+    other = tmp_path / "other.onnx"
+    other_version = retagged_artifact(other)
+    server = RedisServer(tmp_path / "redis", persistent=False).start()
+    # One file a chunk: sending 120 chunks leaves a window between the totals and the planned flag.
+    env = job_env(
+        tmp_path,
+        server.url,
+        SQUID_CHUNK_SIZE="1",
+        SQUID_VISIBILITY_TIMEOUT_S="3600",
+        SQUID_TASK_TIME_LIMIT_S="1800",
+    )
+    manager = JobManager(settings_for(env))
+    planner = start_worker(env, tmp_path / "worker-shipped.log")
+    stranger = None
+    try:
+        key, queue = f"{manager.settings.key_prefix}:job:", env["SQUID_QUEUE"]
+        job = None
+        for _ in range(3):  # a lost race (the plan finished before the freeze) is tried again
+            job = manager.submit_path("bulk")
+            deadline = time.monotonic() + JOB_TIMEOUT_S
+            while manager.client.llen(queue) < SENT_FIRST:  # the totals are written, some chunks sent
+                assert time.monotonic() < deadline, "the job was never planned"
+            if manager.client.hget(key + job.id, "planned") is None:
+                planner.freeze()
+                if manager.client.hget(key + job.id, "planned") is None:
+                    break
+                planner.thaw()
+            manager.cancel(job.id)
+            job = None
+        assert job is not None, "the planner finished planning before it could be stopped, three times"
+        planner.kill()
+        # Its lease gone, the stranger's first sweep sends the plan again behind the queued chunks.
+        lease = f"{key}{job.id}:lease:plan"
+        wait_for(lambda: not manager.client.exists(lease), JOB_TIMEOUT_S, "the plan's lease to expire")
+        job_version = manager.get(job.id).model_version
+        assert job_version and job_version != other_version
+        sent_before = manager.client.llen(queue)
+        assert SENT_FIRST <= sent_before < FILES, "some chunks, not all, were sent by the first plan"
+        stranger = start_worker({**env, "SQUID_MODEL_PATH": str(other)}, tmp_path / "worker-other.log")
+        final = follow(manager, job.id)
+        assert final.state == "succeeded", final
+        assert final.model_version == job_version, "the second plan must keep the job's model"
+        assert final.total == final.done == FILES
+        assert final.chunks == final.chunks_done == FILES
+        rows = rows_of(manager, job.id)
+        assert sorted(row["path"] for row in rows) == sorted(paths), "every file exactly once"
+        assert {(row["status"], row["reason"]) for row in rows} == {("failed", "model_mismatch")}
+        assert {row["model_version"] for row in rows} == {job_version}, "no row from the other model"
+        text = stranger.metrics()
+        assert metric_value(text, "squid_batch_tasks_total", {"task": "plan", "outcome": "succeeded"}) == 1
+        assert metric_value(text, "squid_batch_files_total", {"outcome": "scored"}) == 0
+        chunk_outcomes = {
+            outcome: metric_value(text, "squid_batch_tasks_total", {"task": "chunk", "outcome": outcome})
+            for outcome in ("failed", "succeeded", "dropped", "duplicate")
+        }
+        # A chunk sent twice ends once as failed and once more (its rows found, or its job over): only
+        # the chunk sent as the planner stopped, before it could note it, may go out twice.
+        assert chunk_outcomes["failed"] == FILES and chunk_outcomes["duplicate"] == 0
+        assert chunk_outcomes["succeeded"] + chunk_outcomes["dropped"] <= 1, chunk_outcomes
+    finally:
+        for worker in (planner, stranger):
+            if worker is not None:
+                worker.stop()
+        server.kill()

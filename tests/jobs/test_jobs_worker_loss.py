@@ -78,7 +78,7 @@ class Stack:
 
     def live_workers(self, count: int) -> list[Worker]:
         """``count`` running workers (starting new ones for those killed by an earlier test)."""
-        self.workers = [w for w in self.workers if w.process.poll() is None]
+        self.workers[:] = [w for w in self.workers if w.process.poll() is None]  # the fixture stops these
         while len(self.workers) < count:
             log = self.tmp / f"worker-{time.monotonic_ns()}.log"
             self.workers.append(start_worker(self.env, log))

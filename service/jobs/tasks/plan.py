@@ -8,6 +8,7 @@ from pathlib import Path
 
 from celery import Task
 
+from model.runtime import SquidRuntime
 from service.jobs.archive import ArchiveError, Skipped, extract_archive, remove_upload
 from service.jobs.celery_app import CHUNK_TASK, PLAN_TASK, app
 from service.jobs.chunking import make_chunks
@@ -34,6 +35,12 @@ def plan_job(self: Task, job_id: str, enqueued_at: float | None = None) -> None:
 
 
 def _plan(job_id: str) -> str:
+    """Write the job's totals and model, then send its chunks; safe to run again after a crash.
+
+    A plan sent again keeps the model the first one recorded and skips the chunks it already sent
+    (``chunks_sent``, written after each send): at most the one chunk sent as the worker died goes
+    out twice, and a chunk's rows and counts are written once however often it is delivered.
+    """
     state = job_state()
     job = state.get(job_id)
     if job is None or job["state"] not in (QUEUED, RUNNING):
@@ -46,7 +53,6 @@ def _plan(job_id: str) -> str:
         detail = f"planning failed {attempts - 1} times (see the worker log)"
         fail_job(job_id, job, "planning_failed", detail)
         return "failed"
-    rt = runtime()
     store = ResultStore(Path(job["job_dir"]))
     started_at = job.get("started_at") or now_iso()
     if state.transition(job_id, (QUEUED, RUNNING), {"state": RUNNING, "started_at": started_at}) != 1:
@@ -66,21 +72,36 @@ def _plan(job_id: str) -> str:
         "total": sum(len(chunk) for chunk in chunks),
         "chunks": len(chunks),
         "root": manifest.get("root", job.get("root", "")),
-        "model_version": rt.metadata.model_version,
-        "model_namespace": model_namespace(rt),
-        "threshold": rt.threshold,
+        **_model_fields(job, runtime()),
     }
     if state.transition(job_id, (RUNNING,), fields) != 1:
         return "dropped"
-    done = state.chunk_indices(job_id)
+    done, sent = state.chunk_indices(job_id), int(job.get("chunks_sent") or 0)
     for index, chunk in enumerate(chunks):
-        if index not in done:
+        if index >= sent and index not in done:
             _send_chunk(job_id, index, chunk, fields["root"], job["job_dir"])
+            state.transition(job_id, (RUNNING,), {"chunks_sent": index + 1})
     state.transition(job_id, (RUNNING,), {"planned": "1"})
     if not chunks:
         send_finalize(job_id)
     log.info("job %s planned: %d files in %d chunks", job_id, fields["total"], len(chunks))
     return "succeeded"
+
+
+def _model_fields(job: dict[str, str], rt: SquidRuntime) -> dict[str, str | float]:
+    """The job's model: the one a first, interrupted plan recorded, else this worker's.
+
+    A plan sent again (its worker died after writing the totals) runs on whichever worker takes it;
+    taking that worker's model would mix two models' rows in one job. Its chunks then go to workers
+    serving the recorded model, or end as ``model_mismatch`` rows.
+    """
+    if job.get("model_namespace"):
+        return {name: job.get(name, "") for name in ("model_version", "model_namespace", "threshold")}
+    return {
+        "model_version": rt.metadata.model_version,
+        "model_namespace": model_namespace(rt),
+        "threshold": rt.threshold,
+    }
 
 
 def _prepare_root(job_id: str, job: dict[str, str], cfg: Settings, skipped: list[Skipped]) -> Path | None:
