@@ -84,7 +84,7 @@ def test_the_pneumonia_sample_scores_above_the_normal_one():
     ]
     by_kind = {Path(r["file"]).name.split("-")[0]: r for r in rows}
     assert by_kind["pneumonia"]["score"] > by_kind["normal"]["score"]
-    assert by_kind["pneumonia"]["is_anomalous"] and not by_kind["normal"]["is_anomalous"]
+    assert (by_kind["pneumonia"]["label"], by_kind["normal"]["label"]) == ("anomalous", "normal")
 
 
 def test_the_spec90_operating_point_is_selectable_at_runtime(tmp_path: Path):
