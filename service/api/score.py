@@ -42,7 +42,12 @@ class ScoreResponse(BaseModel):
     score: float = Field(description="calibrated anomaly score, 0..1, higher = more anomalous")
     is_anomalous: bool
     threshold: float
-    raw_score: float
+    raw_score: float = Field(
+        description=(
+            "the discriminator's logit (high = normal) on what the artifact's config says it judges: the "
+            "input image (`score_on=input`, the shipped default) or the in-painted reconstruction"
+        )
+    )
     model: ModelRef
     input: ImageInfo
     warnings: list[str]
