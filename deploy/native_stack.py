@@ -452,7 +452,9 @@ def synthetic_chest(seed: int, rows: int = 320, columns: int = 288) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_dicom(seed: int, view_position: str = "PA", body_part: str = "CHEST") -> bytes:
+def synthetic_dicom(
+    seed: int, view_position: str = "PA", body_part: str = "CHEST", study_uid: str | None = None
+) -> bytes:
     """A DX DICOM file of :func:`synthetic_chest`'s pattern with the given view and body part."""
     import numpy as np
     from PIL import Image
@@ -468,7 +470,7 @@ def synthetic_dicom(seed: int, view_position: str = "PA", body_part: str = "CHES
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
     ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DX", view_position, body_part
     ds.PatientID, ds.PatientName = "DEMO", "Demo^Patient"
     ds.Rows, ds.Columns = pixels.shape
@@ -504,6 +506,49 @@ def get_json(url: str, timeout: float = 30.0) -> Any:
         return json.load(response)
 
 
+def c_store(port: int, files: Sequence[bytes], called: str = "SQUID", calling: str = "STORESCU") -> list[int]:
+    """C-STORE DICOM files to a node on 127.0.0.1 in one association; the status of each (0: stored)."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    datasets = [dcmread(io.BytesIO(data)) for data in files]
+    ae = AE(ae_title=calling)
+    for context in {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for d in datasets}:
+        ae.add_requested_context(*context)
+    ae.acse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        raise StackError(f"the DICOM node on port {port} refused the association")
+    try:
+        return [int(status.Status) if status else -1 for status in map(assoc.send_c_store, datasets)]
+    finally:
+        assoc.release()
+
+
+def demo_pacs(port: int) -> Any:
+    """A Storage SCP standing in for the PACS the node sends its results to (AE ``DEMOPACS``)."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    ae = AE(ae_title="DEMOPACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+
+
+def demo_env_file(path: Path, pacs_port: int) -> Path:
+    """Node settings of the demo: results go to the demo PACS and to one that is gone (dead letters)."""
+    destinations = [
+        {"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port},
+        {"ae_title": "GONE", "host": "127.0.0.1", "port": free_port()},
+    ]
+    path.write_text(
+        f"SQUID_DICOM_DESTINATIONS={json.dumps(destinations)}\nSQUID_DICOM_QUIET_SECONDS=5\n"
+        "SQUID_DICOM_SEND_ATTEMPTS=2\nSQUID_DICOM_RETRY_SECONDS=5\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def wait_for_job(api_url: str, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -515,7 +560,8 @@ def wait_for_job(api_url: str, job_id: str, timeout: float = 120.0) -> dict[str,
 
 
 def demo_traffic(stack: NativeStack, minutes: float, import_dir: Path) -> None:
-    """Varying /score traffic, some rejections and a few batch jobs, for the dashboard screenshot."""
+    """Varying /score traffic, some rejections, a few batch jobs and studies sent to the DICOM node,
+    for the dashboard screenshot."""
     import json
     import math
     import random
@@ -531,6 +577,7 @@ def demo_traffic(stack: NativeStack, minutes: float, import_dir: Path) -> None:
     ]
     started = time.monotonic()
     next_job = started + 20
+    next_study = started + 10
     job_index = 0
     while (elapsed := time.monotonic() - started) < minutes * 60:
         phase = elapsed / (minutes * 60)
@@ -553,6 +600,14 @@ def demo_traffic(stack: NativeStack, minutes: float, import_dir: Path) -> None:
             post(f"{stack.api_url}/jobs", json.dumps({"path": folder.name}).encode(), "application/json")
             job_index += 1
             next_job = time.monotonic() + rng.uniform(40, 90)
+        if time.monotonic() >= next_study:  # a modality sends a study; now and then a skull view
+            from pydicom.uid import generate_uid
+
+            study = generate_uid()
+            parts = ["CHEST"] * rng.randint(1, 4) + (["SKULL"] if rng.random() < 0.3 else [])
+            files = [synthetic_dicom(rng.randrange(1000), body_part=part, study_uid=study) for part in parts]
+            c_store(stack.dicom_port, files)
+            next_study = time.monotonic() + rng.uniform(10, 30)
         time.sleep(max(0.05, rng.expovariate(rate)))
 
 
@@ -578,7 +633,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     variables.setdefault("SQUID_IMPORT_DIR", str(import_dir))
     variables.setdefault("SQUID_RESULTS_VOLUME", str(workdir / "results"))
     variables.setdefault("SQUID_MODELS_DIR", str(workdir / "models"))
-    stack = NativeStack(workdir, variables)
+    pacs = None
+    if args.mode == "demo" and "SQUID_ENV_FILE" not in variables:
+        pacs_port = free_port()
+        pacs = demo_pacs(pacs_port)
+        variables["SQUID_ENV_FILE"] = str(demo_env_file(workdir / "demo.env", pacs_port))
+    try:
+        return _run(NativeStack(workdir, variables), args, workdir, Path(variables["SQUID_IMPORT_DIR"]))
+    finally:
+        if pacs is not None:
+            pacs.shutdown()
+
+
+def _run(stack: NativeStack, args: argparse.Namespace, workdir: Path, import_dir: Path) -> int:
+    """Start the stack; ``up``: wait for Ctrl-C; ``demo``: traffic, then render the dashboard."""
     with stack:
         print(f"api        {stack.api_url}\nworker     {stack.worker_metrics_url}")
         print(f"dicom node 127.0.0.1:{stack.dicom_port} (AE SQUID), metrics {stack.node_metrics_url}")
@@ -589,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 return 0
-        demo_traffic(stack, args.minutes, Path(variables["SQUID_IMPORT_DIR"]))
+        demo_traffic(stack, args.minutes, import_dir)
         time.sleep(35)  # two more scrapes
         sys.path.insert(0, str(Path(__file__).parent))
         from render_dashboard import Prometheus, render

@@ -62,26 +62,6 @@ def _require(binary: str) -> None:
         pytest.skip(f"{binary} is not installed (CI: {INSTALL_HINT[binary]})")
 
 
-def _c_store(port: int, data: bytes, called: str) -> int:
-    """One C-STORE of a DICOM file to the node; the status it answers (0: stored)."""
-    import io
-
-    from pydicom import dcmread
-    from pynetdicom import AE
-
-    dataset = dcmread(io.BytesIO(data))
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    ae.acse_timeout = ae.network_timeout = 30
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    assert assoc.is_established, "the DICOM node refused the association"
-    try:
-        status = assoc.send_c_store(dataset)
-    finally:
-        assoc.release()
-    return int(status.Status) if status else -1
-
-
 def _local_scores(images: list[bytes]) -> list[float]:
     """Scores of the test images from the shipped artifact in this process (threshold choice only)."""
     from model.runtime import SquidRuntime
@@ -138,7 +118,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory, native_stack_module: An
         assert code == 202, body
         job = ns.wait_for_job(stack.api_url, json.loads(body)["id"], timeout=120)
         called = stack.processes["listener"].env.get("SQUID_DICOM_AE_TITLE", "SQUID")
-        stored = _c_store(stack.dicom_port, ns.synthetic_dicom(N_IMAGES), called)
+        [stored] = ns.c_store(stack.dicom_port, [ns.synthetic_dicom(N_IMAGES)], called)
         yield LiveStack(stack, workdir, threshold, scores, job, rejected, stored)
     except BaseException:
         for process in stack.processes.values():
