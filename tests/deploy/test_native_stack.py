@@ -1,6 +1,7 @@
 """The compose stack's processes, started natively with the compose file's commands and environment
-(redis, api, worker, and a real Prometheus with the project's config pointed at them): a score and a
-job go through, and Prometheus reports every target up and the score metrics non-zero.
+(redis, api, worker, the DICOM node, and a real Prometheus with the project's config pointed at
+them): a score, a job and a C-STORE go through, and Prometheus reports every target up and the
+metrics non-zero.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from deploy_support import load_script, poll
 pytestmark = pytest.mark.slow  # the compose stack run natively, then waits for scrapes
 
 SCRAPE_WAIT_S = 90.0  # 15 s scrape interval: a few scrapes, generously bounded on a busy machine
-EXPECTED_JOBS = {"squid-api", "squid-worker", "prometheus"}
+EXPECTED_JOBS = {"squid-api", "squid-worker", "squid-node", "prometheus"}
 
 
 def instant(live_stack: Any, expr: str) -> float | None:
@@ -35,10 +36,16 @@ def test_processes_get_the_compose_commands_and_settings(live_stack: Any) -> Non
     assert Path(api_env["SQUID_IMPORT_ROOT"]).name == "pacs-export"
     assert api_env["SQUID_BROKER_URL"] == worker_env["SQUID_BROKER_URL"]
     assert api_env["SQUID_BROKER_URL"].startswith("redis://127.0.0.1:")
+    listener = processes["listener"]
+    assert listener.argv[-1] == "listen"
+    assert listener.env["SQUID_BROKER_URL"] == api_env["SQUID_BROKER_URL"], "scores on the same workers"
+    assert listener.env["SQUID_DICOM_PORT"] == str(live_stack.stack.dicom_port)
+    assert listener.env["SQUID_DICOM_SPOOL_DIR"] == str(live_stack.workdir / "volumes" / "spool")
 
 
 def test_score_and_job_went_through(live_stack: Any) -> None:
     assert live_stack.rejected_status == 415
+    assert live_stack.stored_status == 0, "the DICOM node stored the instance"
     job = live_stack.job
     assert job["state"] == "succeeded", job
     assert job["scored"] == 5 and job["skipped"] == 1, job
@@ -66,6 +73,8 @@ def test_prometheus_sees_every_target_up_and_the_score_metrics(live_stack: Any) 
         'sum(squid_batch_jobs_finished_total{job="squid-worker", state="succeeded"})': 1,
         'sum(squid_batch_worker_info{job="squid-worker"})': 1,
         'max(squid_batch_redis_up{job="squid-worker"})': 1,
+        # what the DICOM node received: one instance by C-STORE
+        'sum(squid_node_instances_total{job="squid-node", outcome="stored"})': 1,
     }
 
     def all_reported() -> dict[str, float | None] | None:

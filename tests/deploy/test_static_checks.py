@@ -53,8 +53,16 @@ def documented_default(field: str) -> str:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    """The compose file as ``docker compose up`` would read it with no variable set."""
+    """The compose file as Compose v2 renders it with no variable set (every profile, long-form volumes)."""
+    _require(compose_v2(), "compose v2")
     return dict(load_script("native_stack").load_compose(COMPOSE_FILE, {}))
+
+
+def mount(service: dict[str, Any], target: str) -> dict[str, Any]:
+    """The one volume of a rendered service mounted at ``target``."""
+    found = [v for v in service["volumes"] if v["target"] == target]
+    assert len(found) == 1, (target, service["volumes"])
+    return dict(found[0])
 
 
 # ---- compose ---------------------------------------------------------------------------------------------
@@ -115,8 +123,8 @@ def test_pacs_share_overrides_validate(override: str) -> None:
 
 
 def test_compose_v2_resolves_like_the_native_stack(tmp_path: Path) -> None:
-    """The integration test's own reading of the compose file (interpolation, env_file, environment)
-    gives the api and worker exactly the commands and variables Compose v2 gives them."""
+    """The native stack's reading of the compose file (through Compose, with the variables it is
+    given) gives the api and worker exactly the commands and variables Compose v2 gives them."""
     argv = _require(compose_v2(), "compose v2")
     ns = load_script("native_stack")
     env_file = tmp_path / "site.env"
@@ -128,7 +136,7 @@ def test_compose_v2_resolves_like_the_native_stack(tmp_path: Path) -> None:
     ours = ns.load_compose(COMPOSE_FILE, variables)
     for name in ("api", "worker"):
         assert resolved[name]["command"] == ours["services"][name]["command"], name
-        assert resolved[name]["environment"] == ns.service_environment(ours, name, REPO), name
+        assert resolved[name]["environment"] == ns.service_environment(ours, name), name
     assert resolved["api"]["environment"]["SQUID_THRESHOLD"] == "0.42"
     assert resolved["api"]["environment"]["SQUID_WORKERS"] == "3"
     assert resolved["worker"]["command"][-1] == "2"
@@ -146,7 +154,7 @@ def test_every_service_is_health_checked_and_gated(compose: dict[str, Any]) -> N
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
         for dependency, condition in (service.get("depends_on") or {}).items():
-            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            assert condition["condition"] == "service_healthy", (name, dependency)
     assert "redis" in services["api"]["depends_on"]
     assert "redis" in services["worker"]["depends_on"]
     assert "prometheus" in services["grafana"]["depends_on"]
@@ -181,9 +189,9 @@ def test_compose_layout(compose: dict[str, Any]) -> None:
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     for name in SQUID_SERVICES:
-        volumes = {v.split(":")[1]: v for v in services[name]["volumes"]}
-        assert volumes["/data/import"].endswith(":ro"), "the PACS share is mounted read-only"
-        assert "/data/results" in volumes, "results are shared by the API and the workers"
+        assert mount(services[name], "/data/import").get("read_only"), "the PACS share is mounted read-only"
+        results = mount(services[name], "/data/results")
+        assert results["source"] == "results", "results are shared by the API and the workers"
         assert services[name]["environment"]["SQUID_BROKER_URL"] == "redis://redis:6379/0"
     grafana = services["grafana"]["environment"]
     assert (
@@ -200,8 +208,10 @@ def test_prometheus_scrapes_the_ports_the_services_listen_on(compose: dict[str, 
     for name in ("worker", "worker-gpu"):
         assert name in worker_sd["names"]
         assert str(worker_sd["port"]) == compose["services"][name]["environment"]["SQUID_WORKER_METRICS_PORT"]
-    mounts = compose["services"]["prometheus"]["volumes"]
-    assert "./deploy/prometheus:/etc/prometheus:ro" in mounts
+    node_port = compose["services"]["listener"]["environment"]["SQUID_DICOM_METRICS_PORT"]
+    assert jobs["squid-node"]["static_configs"][0]["targets"] == [f"listener:{node_port}"]
+    config_mount = mount(compose["services"]["prometheus"], "/etc/prometheus")
+    assert config_mount["source"] == str(PROMETHEUS_DIR) and config_mount["read_only"]
 
 
 # ---- Dockerfile -----------------------------------------------------------------------------------------
@@ -291,7 +301,8 @@ def test_grafana_provisioning_matches_the_dashboard_and_compose(compose: dict[st
     providers = yaml.safe_load((provisioning / "dashboards" / "squid.yml").read_text(encoding="utf-8"))
     path = providers["providers"][0]["options"]["path"]
     grafana = compose["services"]["grafana"]
-    assert f"./deploy/grafana/dashboards:{path}:ro" in grafana["volumes"]
+    dashboards = mount(grafana, path)
+    assert dashboards["source"] == str(DEPLOY / "grafana" / "dashboards") and dashboards["read_only"]
     assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{path}/squid.json"
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     for panel in dashboard["panels"]:
@@ -328,6 +339,7 @@ def test_dashboard_loads_and_lays_out() -> None:
         "throughput",
         "failures",
         "workers",
+        "dicom node",
     ):
         assert topic in titles, f"no panel about {topic}"
 
