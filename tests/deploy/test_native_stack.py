@@ -68,9 +68,10 @@ def test_prometheus_sees_every_target_up_and_the_score_metrics(live_stack: Any) 
         'sum(squid_rejections_total{job="squid-api", reason="unsupported_format"})': 1,
         'sum(squid_inference_duration_seconds_count{job="squid-api"})': None,  # > 0
         'max(squid_model_threshold{job="squid-api"})': live_stack.threshold,
-        # what the worker did: one job, five files scored, one skipped
-        'sum(squid_batch_files_total{job="squid-worker", outcome="scored"})': 5,
-        'sum(squid_batch_jobs_finished_total{job="squid-worker", state="succeeded"})': 1,
+        # what the worker did: the API's job (five files scored, one skipped) and the DICOM node's study
+        # (one instance, scored on the same workers once the node's 10 s quiet time has passed)
+        'sum(squid_batch_files_total{job="squid-worker", outcome="scored"})': 5 + 1,
+        'sum(squid_batch_jobs_finished_total{job="squid-worker", state="succeeded"})': 1 + 1,
         'sum(squid_batch_worker_info{job="squid-worker"})': 1,
         'max(squid_batch_redis_up{job="squid-worker"})': 1,
         # what the DICOM node received: one instance by C-STORE
@@ -87,7 +88,8 @@ def test_prometheus_sees_every_target_up_and_the_score_metrics(live_stack: Any) 
         return values if ok else None
 
     values = poll(all_reported, SCRAPE_WAIT_S)
-    assert values, {expr: instant(live_stack, expr) for expr in checks}
+    report = (f"{expr} = {instant(live_stack, expr)} (want {want})" for expr, want in checks.items())
+    assert values, "\n".join(report)
 
 
 def test_rules_load_and_alerting_is_quiet(live_stack: Any) -> None:
