@@ -47,7 +47,7 @@ from tests.jobs.jobs_support import (
 from tests.jobs.pacs_tree import build_bulk_tree
 
 FILES = 48
-COPIES = ("a", "b", "c", "d")
+COPIES = tuple("abcdefghijkl")  # the slow job's chunk: 576 files, well past a lease on a fast machine
 SETTINGS = {
     # The defaults: kombu's own restore of an unacknowledged task takes an hour and plays no part.
     "SQUID_VISIBILITY_TIMEOUT_S": "3600",
@@ -108,7 +108,7 @@ def stack(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     env = job_env(tmp, server.url, **SETTINGS)
     folder = Path(env["SQUID_IMPORT_ROOT"]) / "bulk"
     paths = build_bulk_tree(folder, shared_data, FILES)
-    for copy in COPIES:  # the slow job: four times the files in one chunk
+    for copy in COPIES:  # the slow job: twelve times the files in one chunk
         shutil.copytree(folder, Path(env["SQUID_IMPORT_ROOT"]) / "slow" / copy)
     local = run_inprocess(folder, tmp / "local", settings_for(env))
     assert local.published.rows == FILES
@@ -147,15 +147,22 @@ def wait_finished(stack: Stack, job_id: str) -> dict[str, Any]:
     )
 
 
-def kill_while_running_a_chunk(stack: Stack, victim: Worker, job_id: str) -> int:
-    """SIGKILL the victim's whole process group while it runs a chunk of the job; the chunk."""
+def kill_while_running_a_chunk(stack: Stack, victim: Worker, survivor: Worker, job_id: str) -> int:
+    """SIGKILL the victim's whole process group while it runs a chunk of the job; the chunk.
+
+    The survivor is held (SIGSTOP) until then, so that a fast machine cannot let it take every chunk
+    before the victim gets one."""
 
     def frozen() -> tuple[int] | None:  # a tuple: chunk 0 is falsy
         index = freeze_holding_a_chunk(victim, stack.client, stack.prefix, job_id)
         return None if index is None else (index,)
 
-    (index,) = wait_for(frozen, JOB_TIMEOUT_S, "the victim to run a chunk", interval=0.02)
-    victim.kill()
+    survivor.freeze()
+    try:
+        (index,) = wait_for(frozen, JOB_TIMEOUT_S, "the victim to run a chunk", interval=0.02)
+        victim.kill()
+    finally:
+        survivor.thaw()
     return int(index)
 
 
@@ -184,12 +191,12 @@ def assert_worker_lost_recorded(stack: Stack, job_id: str, view: dict[str, Any],
 
 
 def test_api_job_finishes_when_a_worker_dies_whole(stack: Stack) -> None:
-    victim, _ = stack.live_workers(2)
+    victim, survivor = stack.live_workers(2)
     with httpx.Client(base_url=stack.api.url, timeout=30) as http:
         response = http.post("/jobs", json={"path": "bulk"})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    chunk = kill_while_running_a_chunk(stack, victim, job_id)
+    chunk = kill_while_running_a_chunk(stack, victim, survivor, job_id)
     killed = time.monotonic()
     final = wait_finished(stack, job_id)
     print(f"job finished {time.monotonic() - killed:.1f} s after the kill")  # informative only
@@ -203,7 +210,9 @@ def test_api_job_finishes_when_a_worker_dies_whole(stack: Stack) -> None:
 
 
 def test_squid_batch_with_a_broker_finishes_when_a_worker_dies_whole(stack: Stack) -> None:
-    victim, _ = stack.live_workers(2)
+    victim, survivor = stack.live_workers(2)
+    for key in stack.client.scan_iter(f"{stack.prefix}:cache:*"):  # an earlier test scored these files:
+        stack.client.delete(key)  # without the resume cache every chunk really runs, long enough to be caught
     out, err = stack.tmp / "batch-out", stack.tmp / "batch.err"
     folder = Path(stack.env["SQUID_IMPORT_ROOT"]) / "bulk"
     command = [sys.executable, "-m", "cli.main", "batch", str(folder), "--out", str(out), "--no-progress"]
@@ -213,7 +222,7 @@ def test_squid_batch_with_a_broker_finishes_when_a_worker_dies_whole(stack: Stac
         )
     try:
         job_id = wait_for(lambda: submitted_job(err), JOB_TIMEOUT_S, "squid batch to submit")
-        chunk = kill_while_running_a_chunk(stack, victim, job_id)
+        chunk = kill_while_running_a_chunk(stack, victim, survivor, job_id)
         stdout, _ = batch.communicate(timeout=JOB_TIMEOUT_S)
     finally:
         if batch.poll() is None:
@@ -226,7 +235,7 @@ def test_squid_batch_with_a_broker_finishes_when_a_worker_dies_whole(stack: Stac
 
 
 def test_a_slow_chunk_on_a_live_worker_is_not_sent_again(stack: Stack) -> None:
-    """One chunk of 192 files with DICOM results (no resume cache: every file is decoded, scored and
+    """One chunk of 576 files with DICOM results (no resume cache: every file is decoded, scored and
     written as an SR and a capture) outlasts a lease and a sweep; the idle second worker's reaper
     sweeps all the while, yet the chunk runs once because its heartbeat keeps the lease alive."""
     workers = stack.live_workers(2)
