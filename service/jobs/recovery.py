@@ -206,13 +206,9 @@ def _count(item: Recovered) -> None:
 def _start_reaper(**_: Any) -> None:
     global _thread
     cfg = get_settings()
-    client = redis.Redis.from_url(
-        cfg.broker_url or "redis://127.0.0.1:6379/0",
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=10,
-    )
-    reaper = Reaper(JobState(client, cfg.key_prefix), cfg, resend)
+    from service.jobs.worker_redis import redis_client
+
+    reaper = Reaper(JobState(redis_client(cfg), cfg.key_prefix), cfg, resend)
     _thread = ReaperThread(reaper, cfg.recovery_interval_s, _count)
     _thread.start()
 

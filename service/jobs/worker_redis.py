@@ -8,10 +8,20 @@ import threading
 import redis
 
 from service.jobs.state import JobState
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 _lock = threading.Lock()
 _state: tuple[int, JobState] | None = None
+
+
+def redis_client(cfg: Settings) -> redis.Redis:
+    """The worker side's Redis connection settings, in one place (tasks and the reaper thread)."""
+    return redis.Redis.from_url(
+        cfg.broker_url or "redis://127.0.0.1:6379/0",
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=10,
+    )
 
 
 def job_state() -> JobState:
@@ -20,11 +30,5 @@ def job_state() -> JobState:
     with _lock:
         if _state is None or _state[0] != os.getpid():
             cfg = get_settings()
-            client = redis.Redis.from_url(
-                cfg.broker_url or "redis://127.0.0.1:6379/0",
-                socket_connect_timeout=5,
-                socket_timeout=30,
-                health_check_interval=10,
-            )
-            _state = (os.getpid(), JobState(client, cfg.key_prefix))
+            _state = (os.getpid(), JobState(redis_client(cfg), cfg.key_prefix))
         return _state[1]
