@@ -43,7 +43,14 @@ def train(
     out: Annotated[Path, typer.Option(help="Best checkpoint to write (a .last file is kept beside it).")],
     preset: Annotated[str, typer.Option(help="Config preset: thesis, lite or digit.")] = "thesis",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the weights, batches and augmentation.")] = 0,
+    split_seed: Annotated[
+        int,
+        typer.Option(
+            help="Seeds the validation split on its own, so runs with other --seed values "
+            "(ensemble members) hold out the same patients."
+        ),
+    ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's .last checkpoint.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this much training time.")] = None,
     threshold_rule: Annotated[str, typer.Option(help="f1_optimal or normal_percentile.")] = "f1_optimal",
@@ -95,7 +102,7 @@ def train(
                 selection_window=selection_window,
                 keep_epochs=keep_epochs,
             ),
-            SplitSpec(val_normal, val_anomalous, seed),
+            SplitSpec(val_normal, val_anomalous, split_seed),
             resume=resume,
             selection=select_data,
         )
@@ -162,8 +169,8 @@ def export_command(
 ) -> None:
     """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file.
 
-    The anomaly map's reference (the training normals' mean contribution map) is computed here, so
-    the checkpoint's training data must still be where it was trained."""
+    The anomaly map's reference (the training normals' mean image and mean raw score) is computed
+    here, so the checkpoint's training data must still be where it was trained."""
     _require_training()
     from training import checkpoint as ckpt
     from training.export import ExportError, describe, export
@@ -177,6 +184,36 @@ def export_command(
     except (FileNotFoundError, ValueError, ExportError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(json.dumps(describe(report), indent=2))
+
+
+@app.command()
+def ensemble(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Two or more calibrated checkpoints of one recipe (other seeds).")
+    ],
+    out: Annotated[Path, typer.Option(help="Ensemble checkpoint to write (export it like any checkpoint).")],
+    threshold_rule: Annotated[str, typer.Option(help="f1_optimal or normal_percentile.")] = "f1_optimal",
+    select_data: Annotated[
+        Path | None,
+        typer.Option(help="Labelled set for the threshold (default: the one the members were selected on)."),
+    ] = None,
+) -> None:
+    """Combine checkpoints into one model whose raw score is their discriminators' mean logit,
+    calibrated and thresholded afresh."""
+    _require_training()
+    from training import checkpoint as ckpt
+    from training.ensemble import combine
+
+    try:
+        combined = combine([ckpt.load(p) for p in checkpoints], threshold_rule, select_data)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    ckpt.save(combined, out)
+    typer.echo(
+        f"ensemble of {len(checkpoints)}: validation "
+        + ", ".join(f"{k}={v:.4f}" for k, v in combined.validation.items() if isinstance(v, float))
+        + f"\nwrote {out}"
+    )
 
 
 @app.command()

@@ -13,6 +13,7 @@ import torch
 from model.calibration import Calibration
 from model.config import SquidConfig
 from model.network import Discriminator, SquidGenerator
+from model.network.ensemble import DiscriminatorEnsemble, Judge
 
 FORMAT_VERSION = 1
 
@@ -38,24 +39,38 @@ class Checkpoint:
     validation: dict[str, Any] = field(default_factory=dict)
     train_seconds: float = 0.0
     optimizers: dict[str, Any] | None = None
+    # Further discriminators of an ensemble (``squid ensemble``): weights, score_norm, seed, epoch.
+    members: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def squid_config(self) -> SquidConfig:
         return SquidConfig.from_dict(self.config)
 
-    def build(self) -> tuple[SquidGenerator, Discriminator]:
-        """The networks in eval mode, discriminator set to the selected score normalisation."""
+    def build(self) -> tuple[SquidGenerator, Judge]:
+        """The networks in eval mode, each discriminator set to its selected score normalisation;
+        with ``members``, all discriminators as one ensemble."""
         config = self.squid_config()
-        generator, discriminator = SquidGenerator(config), Discriminator(config)
+        generator = SquidGenerator(config)
         generator.load_state_dict(self.generator)
-        discriminator.load_state_dict(self.discriminator)
-        discriminator.set_score_norm(self.score_norm)
-        return generator.eval(), discriminator.eval()
+        discriminators = [
+            _discriminator(config, weights, norm)
+            for weights, norm in [(self.discriminator, self.score_norm)]
+            + [(m["discriminator"], m["score_norm"]) for m in self.members]
+        ]
+        judge: Judge = DiscriminatorEnsemble(discriminators) if self.members else discriminators[0]
+        return generator.eval(), judge.eval()
 
     def get_calibration(self) -> Calibration:
         if self.calibration is None:
             raise ValueError("checkpoint is not calibrated")
         return Calibration(**self.calibration)
+
+
+def _discriminator(config: SquidConfig, weights: dict[str, torch.Tensor], norm: str) -> Discriminator:
+    discriminator = Discriminator(config)
+    discriminator.load_state_dict(weights)
+    discriminator.set_score_norm(norm)
+    return discriminator
 
 
 def save(checkpoint: Checkpoint, path: Path) -> None:

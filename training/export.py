@@ -23,8 +23,16 @@ from numpy.typing import NDArray
 from torch import nn
 
 from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, SCHEMA_VERSION, ArtifactMetadata
-from model.network import Discriminator, SquidGenerator
-from model.network.evidence import contribution_map, evidence_map
+from model.calibration import Calibration
+from model.network import SquidGenerator
+from model.network.ensemble import Judge
+from model.network.evidence import (
+    PATH_STEPS,
+    SMOOTHING_FRACTION,
+    evidence_map,
+    gaussian_kernel,
+    integrated_gradients,
+)
 from model.preprocess import preprocessing_spec
 from training.checkpoint import Checkpoint
 
@@ -43,26 +51,26 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReferenceMap:
-    """The training normals' mean contribution map and the overlay's fixed colour scale."""
+    """What the map is measured against: the training normals' mean image (the attribution baseline)
+    and mean raw score, and the overlay's fixed colour scale from their own maps."""
 
-    cells: torch.Tensor  # (1, 1, s, s)
+    baseline: torch.Tensor  # (1, 1, H, W)
+    raw_mean: float
     display_max: float
     images: int
-
-    @property
-    def raw_mean(self) -> float:
-        return float(self.cells.double().sum())
 
     def describe(self) -> dict[str, Any]:
         """The ``anomaly_map`` entry of the artifact's metadata: what the map is and its scale."""
         return {
-            "method": "discriminator_contribution",
+            "method": "integrated_gradients",
             "units": "raw logit per pixel",
             "sum": "orientation * (raw_score - reference_raw_mean)",
-            "reference": "mean contribution map of the training normals",
+            "baseline": "mean image of the training normals",
+            "path_steps": PATH_STEPS,
+            "smoothing_sigma_px": round(self.baseline.shape[-1] * SMOOTHING_FRACTION, 3),
+            "reference": "mean raw score of the training normals",
             "reference_images": self.images,
             "reference_raw_mean": self.raw_mean,
-            "grid": int(self.cells.shape[-1]),
             "display_max": self.display_max,
             "display_quantile": DISPLAY_QUANTILE,
         }
@@ -71,62 +79,86 @@ class ReferenceMap:
 class InferenceChain(nn.Module):
     """What the artifact computes for a batch of preprocessed images (N, 1, H, W) in [0, 1].
 
-    Outputs the raw D logit (on the reconstruction, or on the input when the config's ``score_on``
-    says so), the calibrated score, the student reconstruction and the anomaly map: D's logit
-    decomposed over its last feature map (:mod:`model.network.evidence`), minus the training
-    normals' mean decomposition (a buffer), oriented so that positive = evidence for anomalous, at
-    input resolution. Its pixels sum to ``orientation * (raw - reference raw mean)``.
+    Outputs the raw score (the discriminators' mean logit on the reconstruction, or on the input when
+    the config's ``score_on`` says so), the calibrated score, the student reconstruction and the
+    anomaly map: integrated gradients of the raw score from the training normals' mean image,
+    smoothed and oriented so that positive = evidence for anomalous (:mod:`model.network.evidence`).
+    Its pixels sum to ``orientation * (raw - reference raw mean)``.
     """
 
-    reference: torch.Tensor
+    baseline: torch.Tensor
+    kernel: torch.Tensor
 
     def __init__(
         self,
         generator: SquidGenerator,
-        discriminator: Discriminator,
-        mu: float,
-        sigma: float,
-        orientation: int,
-        reference: torch.Tensor,
+        judge: Judge,
+        calibration: Calibration,
+        reference: ReferenceMap,
     ) -> None:
         super().__init__()
-        self.generator, self.discriminator = generator.eval(), discriminator.eval()
-        self.mu, self.sigma, self.orientation = float(mu), float(sigma), float(orientation)
+        self.generator = generator.eval()
+        self.judge = judge.eval()
+        self.mu, self.sigma = float(calibration.mu), float(calibration.sigma)
+        self.orientation = float(calibration.orientation)
+        self.reference_raw = float(reference.raw_mean)
         self.size = generator.config.image_size
-        self.register_buffer("reference", reference.detach().float().reshape(1, 1, *reference.shape[-2:]))
+        self.register_buffer(
+            "baseline", reference.baseline.detach().float().reshape(1, 1, self.size, self.size)
+        )
+        self.register_buffer("kernel", gaussian_kernel(self.size))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         reconstruction = self.generator.reconstruct(images)
         judged = images if self.generator.config.score_on == "input" else reconstruction
-        cells = contribution_map(self.discriminator, judged)
-        raw = cells.sum((1, 2, 3))
+        raw, attributions = integrated_gradients(self.judge, judged, self.baseline)
         score = torch.sigmoid(self.orientation * (raw - self.mu) / self.sigma)
-        anomaly_map = evidence_map(cells, self.reference, self.orientation, self.size)
+        anomaly_map = evidence_map(attributions, raw, self.reference_raw, self.orientation, self.kernel)
         return raw, score, reconstruction, anomaly_map
 
 
 def reference_map(
-    generator: SquidGenerator, discriminator: Discriminator, normals: NDArray[np.float32], orientation: int
+    generator: SquidGenerator,
+    judge: Judge,
+    normals: NDArray[np.float32],
+    orientation: int,
 ) -> ReferenceMap:
-    """Mean contribution map over the training normals, and the colour scale: the
-    ``DISPLAY_QUANTILE`` of their own (reference-relative) map pixels."""
+    """The normals' mean image and mean raw score, and the colour scale: the ``DISPLAY_QUANTILE``
+    of the normals' own map pixels."""
     if len(normals) == 0:
         raise ExportError("the reference map needs training normals; none were given")
-    generator.eval(), discriminator.eval()
+    generator.eval()
     judge_input = generator.config.score_on == "input"
-    parts = []
+    size = generator.config.image_size
+    judged_parts = []
     with torch.inference_mode():
         for start in range(0, len(normals), REFERENCE_BATCH):
             batch = torch.from_numpy(np.ascontiguousarray(normals[start : start + REFERENCE_BATCH]))[:, None]
-            judged = batch if judge_input else generator.reconstruct(batch)
-            parts.append(contribution_map(discriminator, judged).double())
-        cells = torch.cat(parts)
-        mean = cells.mean(0, keepdim=True)
-        maps = evidence_map(cells, mean, orientation, generator.config.image_size)
+            judged_parts.append(batch if judge_input else generator.reconstruct(batch))
+        judged = torch.cat(judged_parts)
+        baseline = judged.double().mean(0, keepdim=True).float()
+        kernel = gaussian_kernel(size)
+        raws, attributions = zip(
+            *(integrated_gradients(judge, part, baseline) for part in judged.split(REFERENCE_BATCH)),
+            strict=True,
+        )
+        raw = torch.cat(raws)
+        raw_mean = float(raw.double().mean())
+        maps = evidence_map(torch.cat(attributions), raw, raw_mean, orientation, kernel)
         display_max = float(
             torch.quantile(maps.flatten()[:: max(1, maps.numel() // 4_000_000)].float(), DISPLAY_QUANTILE)
         )
-    return ReferenceMap(mean.float(), max(display_max, 1e-12), len(normals))
+    return ReferenceMap(baseline, raw_mean, max(display_max, 1e-12), len(normals))
+
+
+def build_chain(checkpoint: Checkpoint, reference: ReferenceMap | None = None) -> InferenceChain:
+    """The chain to export. Without a ``reference`` the baseline is a mid-grey image and the
+    reference raw 0 (only for benchmarks that time the graph; :func:`export` always passes one)."""
+    generator, judge = checkpoint.build()
+    size = checkpoint.squid_config().image_size
+    if reference is None:
+        reference = ReferenceMap(torch.full((1, 1, size, size), 0.5), 0.0, 1.0, 0)
+    return InferenceChain(generator, judge, checkpoint.get_calibration(), reference).eval()
 
 
 @dataclass
@@ -136,19 +168,6 @@ class ExportReport:
     max_raw_difference: float
     max_reconstruction_difference: float
     metadata: ArtifactMetadata
-
-
-def build_chain(checkpoint: Checkpoint, reference: ReferenceMap | None = None) -> InferenceChain:
-    """The chain to export. Without a ``reference`` the map is relative to zero, not to the
-    normals (only for benchmarks that time the graph; :func:`export` always passes one)."""
-    generator, discriminator = checkpoint.build()
-    calibration = checkpoint.get_calibration()
-    side = checkpoint.squid_config().image_size // 2 ** len(checkpoint.squid_config().discriminator_channels)
-    cells = reference.cells if reference is not None else torch.zeros(1, 1, side, side)
-    chain = InferenceChain(
-        generator, discriminator, calibration.mu, calibration.sigma, calibration.orientation, cells
-    )
-    return chain.eval()
 
 
 def weights_digest(chain: InferenceChain) -> str:
@@ -187,6 +206,10 @@ def build_metadata(
             "epoch": checkpoint.epoch,
             "epochs": checkpoint.epochs,
             "seed": checkpoint.seed,
+            "ensemble": [
+                {"seed": checkpoint.seed, "epoch": checkpoint.epoch, "score_norm": checkpoint.score_norm}
+            ]
+            + [{k: m[k] for k in ("seed", "epoch", "score_norm")} for m in checkpoint.members],
             "train_seconds": round(checkpoint.train_seconds, 1),
             "trained_at": checkpoint.created,
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -237,7 +260,7 @@ def parity(
     with torch.no_grad():
         expected = [t.numpy() for t in chain(torch.from_numpy(batch))]
     got = session(model).run(None, {INPUT_NAME: batch})
-    reference = float(chain.reference.double().sum())
+    reference = chain.reference_raw
     totals = got[3].astype(np.float64).sum(axis=(1, 2, 3))
     gap = np.abs(totals - chain.orientation * (got[0].astype(np.float64) - reference)).max()
     return float(np.abs(got[0] - expected[0]).max()), float(np.abs(got[2] - expected[2]).max()), float(gap)
@@ -277,8 +300,8 @@ def export(
         raise ExportError("the parity check needs at least two images")
     if checkpoint.threshold is None or checkpoint.calibration is None:
         raise ExportError("checkpoint is not calibrated: export the best checkpoint, not the .last one")
-    generator, discriminator = checkpoint.build()
-    reference = reference_map(generator, discriminator, normals, checkpoint.get_calibration().orientation)
+    generator, judge = checkpoint.build()
+    reference = reference_map(generator, judge, normals, checkpoint.get_calibration().orientation)
     chain = build_chain(checkpoint, reference)
     size = checkpoint.squid_config().image_size
     metadata = build_metadata(checkpoint, chain, version or _default_version(checkpoint), reference)
@@ -304,7 +327,8 @@ def export(
 
 def _default_version(checkpoint: Checkpoint) -> str:
     stamp = checkpoint.created[:10].replace("-", "")
-    return f"{checkpoint.package_version}+{checkpoint.config['name']}.e{checkpoint.epoch}.{stamp}"
+    members = f"x{len(checkpoint.members) + 1}" if checkpoint.members else ""
+    return f"{checkpoint.package_version}+{checkpoint.config['name']}.e{checkpoint.epoch}{members}.{stamp}"
 
 
 def describe(report: ExportReport) -> dict[str, Any]:

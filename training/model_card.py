@@ -129,22 +129,27 @@ Epoch {training.get("epoch")} of {training.get("epochs")} planned (best selectio
 def _heatmap_section(meta: ArtifactMetadata) -> str:
     """What the artifact's anomaly map is, and what it is not."""
     info = meta.anomaly_map
-    if info.get("method") != "discriminator_contribution":
+    if "display_max" not in info:
         return (
             "The map is the smoothed |input - reconstruction| residual, scaled per image. It is **not**\n"
             "what the score used and does not explain it (no better than chance in the deletion benchmark)."
         )
-    grid = info.get("grid")
-    return f"""Evidence for the score, **not a lesion segmentation**. The discriminator's logit is a sum over
-its last {grid}x{grid} feature map (weights times features, plus the bias); the map is that
-decomposition minus the mean decomposition of {info.get("reference_images")} training normals, spread
-bilinearly over the input (each cell keeps its total), signed so that positive = evidence for
-"anomalous". Its pixels add up to `-(raw - {info.get("reference_raw_mean", 0):.4f})`, the raw score's
-deviation from the normals' mean; divided by sigma that is the calibrated z. Its resolution is the
-{grid}x{grid} grid: it says which part of the film drove the score, not where a lesion's border is.
+    if info.get("method") != "integrated_gradients":
+        return (
+            f"The map is `{info.get('method')}` with a fixed colour scale (full colour at "
+            f"{info.get('display_max', 0):.3g} per pixel); see docs/heatmap.md."
+        )
+    return f"""Evidence for the score, **not a lesion segmentation**. Each pixel is its integrated-gradients
+attribution of the raw score: how much moving it from the mean image of {info.get("reference_images")}
+training normals to this image moved the discriminator's logit ({info.get("path_steps")} steps on the
+path), smoothed by a Gaussian of {info.get("smoothing_sigma_px")} px and signed so that positive =
+evidence for "anomalous". The part of the total the attributions do not place is spread evenly, so the
+pixels add up to `-(raw - {info.get("reference_raw_mean", 0):.4f})`, the raw score's deviation from the
+normals' mean; divided by sigma that is the calibrated z. It says which parts of the film drove the
+score; a region it ranks high is one whose replacement by normal pixels lowers the score (measured:
+docs/heatmap.md, `bench/map_faithfulness.py`); it does not trace a lesion's border.
 Overlays use a fixed colour scale: full colour at {info.get("display_max", 0):.3g} per pixel, a level
-{100 * (1 - info.get("display_quantile", 0.99)):.0f} % of the training normals' map pixels exceed.
-Faithfulness (deletion curves): `bench/map_faithfulness.py`, results in docs/heatmap.md."""
+{100 * (1 - info.get("display_quantile", 0.99)):.0f} % of the training normals' map pixels exceed."""
 
 
 def write(artifact: Path, out: Path, extra: dict[str, Any]) -> None:

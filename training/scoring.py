@@ -6,20 +6,22 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from model.network import Discriminator, SquidGenerator
+from model.network import SquidGenerator
+from model.network.ensemble import Judge
 
 
 @torch.no_grad()
 def score_images(
     generator: SquidGenerator,
-    discriminator: Discriminator,
+    discriminator: Judge,
     images: NDArray[np.float32],
     batch_size: int = 64,
     norm: str | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
     """(N, H, W) preprocessed images -> raw scores (N,) and reconstructions (N, H, W).
 
-    The raw score is D(Gs(E(I))) (thesis Eq. 3.5), or D(I) when the config says ``score_on="input"``.
+    The raw score is D(Gs(E(I))) (thesis Eq. 3.5), or D(I) when the config says ``score_on="input"``;
+    for an ensemble, the members' mean logit.
 
     Both networks run in eval mode, so BatchNorm uses running statistics in the generator and the
     chosen per-image (``instance``) or running (``eval``) statistics in the discriminator.
@@ -49,7 +51,7 @@ def score_images(
     return np.concatenate(scores), np.concatenate(recons)
 
 
-def _score_norm(discriminator: Discriminator) -> str:
+def _score_norm(discriminator: Judge) -> str:
     from model.network.blocks import ScoreNorm2d
 
     for module in discriminator.modules():

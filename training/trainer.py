@@ -27,6 +27,7 @@ from tqdm import tqdm
 from model.calibration import Calibration
 from model.config import SCORE_NORMS, SquidConfig
 from model.network import Discriminator, SquidGenerator
+from model.network.ensemble import Judge
 from training import checkpoint as ckpt
 from training.augment import random_affine, random_intensity
 from training.metrics import metrics_at, roc_auc
@@ -61,6 +62,37 @@ class TrainData:
 
     def selection_set(self) -> LabelledSet:
         return self.selection or LabelledSet(self.val_images, self.val_labels)
+
+
+def calibrate(
+    generator: SquidGenerator,
+    judge: Judge,
+    data: TrainData,
+    threshold_rule: str,
+    norm: str | None = None,
+) -> tuple[Calibration, dict[str, Any], dict[str, Any]]:
+    """mu/sigma on the un-augmented training normals; the threshold (and the 0.90-specificity
+    operating point) on the selection set, the validation split when there is none.
+
+    Returns the calibration, the threshold record and the metrics at that threshold on the
+    validation split (with the selection set's under ``selection``)."""
+    train_raw, _ = score_images(generator, judge, data.train, norm=norm)
+    calibration = Calibration.fit(train_raw)
+
+    def calibrated(images: NDArray[np.float32]) -> NDArray[np.float64]:
+        return calibration.apply(score_images(generator, judge, images, norm=norm)[0])
+
+    chosen = data.selection_set()
+    scores = calibrated(chosen.images)
+    threshold = choose(threshold_rule, chosen.labels, scores)
+    spec90 = choose("specificity", chosen.labels, scores, specificity=0.90)
+    val_scores = calibrated(data.val_images) if data.selection is not None else scores
+    metrics: dict[str, Any] = metrics_at(data.val_labels, val_scores, threshold.value).to_dict()
+    if data.selection is not None:
+        metrics["selection"] = metrics_at(chosen.labels, scores, threshold.value).to_dict()
+    record = threshold.to_dict()
+    record["operating_points"] = {"default": threshold.to_dict(), "spec90": spec90.to_dict()}
+    return calibration, record, metrics
 
 
 @dataclass
@@ -270,29 +302,8 @@ class Trainer:
         return float(np.mean([h[key] for h in window]))
 
     def calibrate(self, norm: str) -> tuple[Calibration, dict[str, Any], dict[str, Any]]:
-        """mu/sigma on the un-augmented training normals; the threshold (and the 0.90-specificity
-        operating point) on the selection set, the validation split when there is none.
-
-        Returns the calibration, the threshold record and the metrics at that threshold on the
-        validation split (with the selection set's under ``selection``)."""
         generator, discriminator = self.scoring_networks()
-        train_raw, _ = score_images(generator, discriminator, self.data.train, norm=norm)
-        calibration = Calibration.fit(train_raw)
-
-        def calibrated(images: NDArray[np.float32]) -> NDArray[np.float64]:
-            return calibration.apply(score_images(generator, discriminator, images, norm=norm)[0])
-
-        chosen = self.data.selection_set()
-        scores = calibrated(chosen.images)
-        threshold = choose(self.options.threshold_rule, chosen.labels, scores)
-        spec90 = choose("specificity", chosen.labels, scores, specificity=0.90)
-        val_scores = calibrated(self.data.val_images) if self.data.selection is not None else scores
-        metrics: dict[str, Any] = metrics_at(self.data.val_labels, val_scores, threshold.value).to_dict()
-        if self.data.selection is not None:
-            metrics["selection"] = metrics_at(chosen.labels, scores, threshold.value).to_dict()
-        record = threshold.to_dict()
-        record["operating_points"] = {"default": threshold.to_dict(), "spec90": spec90.to_dict()}
-        return calibration, record, metrics
+        return calibrate(generator, discriminator, self.data, self.options.threshold_rule, norm)
 
     def fit(self) -> ckpt.Checkpoint:
         """Train to ``epochs`` (or the time budget), checkpointing every epoch; return the best."""

@@ -1,42 +1,74 @@
-"""Where the discriminator's score comes from: an exact decomposition of its logit over the image.
+"""Where the discriminator's score comes from, pixel by pixel: integrated gradients, smoothed.
 
-The discriminator ends in one linear layer over its whole last feature map (C x s x s, 4x4 for a
-128 px input), so its logit is exactly a sum of s*s per-location terms: weights times features summed
-over channels, plus an equal share of the bias. That is a map of the score itself, not of a signal
-the score never used (the old |input - reconstruction| residual). Relative to the training normals'
-mean map it shows where an image is less normal than the normals usually are, and its total is the
-raw score's deviation from their mean raw score. Averaging :func:`contribution_map` over several
-discriminators keeps all of this exact for an ensemble whose raw score is their mean logit.
+The raw score is the discriminator's logit f(x) (for an ensemble the members' mean logit, whose
+gradient is the mean of theirs). Integrated gradients attribute f(x) - f(b) to the pixels, for a
+baseline image b (the training normals' mean image): (x - b) times the gradient averaged along the
+straight path from b to x. The sum of the attributions tends to f(x) - f(b) as the path is
+sampled finer (completeness); with a handful of midpoint steps it is within a few percent. Each pixel says how
+much moving it from the normal baseline to this image moved the logit, so a region the map ranks
+high is one whose replacement by normal pixels changes the score (``bench/map_faithfulness.py``
+measures exactly that).
+
+The attributions are smoothed by a Gaussian (pixel-level attributions are speckled, and a reader
+looks for regions), oriented so that positive = evidence for "anomalous", and the part of
+``orientation * (raw - reference raw)`` they do not place (the baseline's own offset from the normals'
+mean logit, the path's discretisation, what the blur pushes over the border) is spread evenly over
+the image. So the map's total is exactly the raw score's deviation from the training normals' mean.
+
+The gradients come from :mod:`model.network.gradients`, written out as forward operations, so the
+whole computation is part of the exported ONNX graph.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from model.network.discriminator import Discriminator
+from model.network.ensemble import Judge, discriminators_of
+from model.network.gradients import logit_and_input_gradient
+
+PATH_STEPS = 4
+SMOOTHING_FRACTION = 1 / 32
 
 
-def contribution_map(discriminator: Discriminator, judged: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) judged images -> (N, 1, s, s) logit contributions; they sum to the logit."""
-    features = discriminator.feature_map(judged)
-    _, channels, side, _ = features.shape
-    weights = discriminator.head.weight.reshape(1, channels, side, side)
-    share = discriminator.head.bias.reshape(1, 1, 1, 1) / (side * side)
-    return (features * weights).sum(1, keepdim=True) + share
+def integrated_gradients(
+    judge: Judge, judged: torch.Tensor, baseline: torch.Tensor, steps: int = PATH_STEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N,) raw score of ``judged`` and its (N, 1, H, W) attributions relative to ``baseline``
+    (1, 1, H, W), by the midpoint rule with ``steps`` points on the path."""
+    members = discriminators_of(judge)
+    delta = judged - baseline
+    gradient = torch.zeros_like(judged)
+    for step in range(steps):
+        point = baseline + delta * ((step + 0.5) / steps)
+        for discriminator in members:
+            gradient = gradient + logit_and_input_gradient(discriminator, point)[1]
+    return judge(judged), delta * gradient / (steps * len(members))
 
 
-def evidence_map(cells: torch.Tensor, reference: torch.Tensor, orientation: float, size: int) -> torch.Tensor:
-    """``orientation * (cells - reference)`` spread over ``size`` x ``size`` pixels, total kept.
+def gaussian_kernel(size: int) -> torch.Tensor:
+    """A normalised 1-D Gaussian of sigma = size * SMOOTHING_FRACTION (4 px at 128 px)."""
+    sigma = size * SMOOTHING_FRACTION
+    radius = math.ceil(3 * sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
 
-    Bilinear upsampling by an integer factor with half-pixel centres gives every cell a total
-    weight of factor**2 (the edge clamping included), so dividing by that keeps the sum exactly: the
-    map's pixels add up to ``orientation * (raw - reference raw)``. With orientation -1 (high logit
-    = normal) positive pixels are evidence for "anomalous".
-    """
-    factor = size // cells.shape[-1]
-    if factor * cells.shape[-1] != size:
-        raise ValueError(f"input size {size} is not a multiple of the contribution map's {cells.shape[-1]}")
-    delta = orientation * (cells - reference)
-    upsampled = F.interpolate(delta, scale_factor=float(factor), mode="bilinear", align_corners=False)
-    return upsampled / float(factor * factor)
+
+def evidence_map(
+    attributions: torch.Tensor,
+    raw: torch.Tensor,
+    reference_raw: float,
+    orientation: float,
+    kernel: torch.Tensor,
+) -> torch.Tensor:
+    """Smoothed, oriented attributions whose pixels add up to ``orientation * (raw - reference_raw)``."""
+    radius = kernel.numel() // 2
+    smoothed = F.conv2d(attributions, kernel.reshape(1, 1, 1, -1), padding=(0, radius))
+    smoothed = F.conv2d(smoothed, kernel.reshape(1, 1, -1, 1), padding=(radius, 0))
+    oriented = orientation * smoothed
+    pixels = attributions.shape[-1] * attributions.shape[-2]
+    unplaced = orientation * (raw - reference_raw) - oriented.sum((1, 2, 3))
+    return oriented + (unplaced / pixels).reshape(-1, 1, 1, 1)

@@ -55,8 +55,8 @@ class ScoreResponse(BaseModel):
     heatmap_png_base64: str | None = Field(
         None,
         description=(
-            "with ?heatmap=true: overlay PNG of the score's evidence map. The discriminator's logit "
-            "decomposed over its last feature map, minus the training normals' mean decomposition; "
+            "with ?heatmap=true: overlay PNG of the score's evidence map: integrated-gradients "
+            "attribution of the discriminator's logit from the training normals' mean image, smoothed; "
             "coloured where the image is less normal than the normals usually are, on a fixed scale "
             "(GET /model: anomaly_map.display_max). Its pixels sum to the raw score's deviation from "
             "the normals' mean. Evidence for the score, not a lesion segmentation"

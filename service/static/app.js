@@ -33,10 +33,10 @@
     }
   }
 
-  // The legend follows the artifact: a fixed scale for the discriminator-contribution map, or the
+  // The legend follows the artifact: a fixed scale for the score-attribution map, or the
   // older residual map that is scaled per image (its colours do not compare across images).
   function describeMap(map) {
-    if (map.method === "discriminator_contribution") {
+    if (map.display_max) {
       const percent = Math.round((1 - map.display_quantile) * 1000) / 10;
       $("legend-max").textContent = `full colour: top ${percent} % of normals`;
       $("legend-text").textContent =

@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 
 from model.artifact import METADATA_KEY, SCHEMA_VERSION, ArtifactError  # noqa: E402
 from model.imaging import read_image  # noqa: E402
-from model.network.evidence import contribution_map  # noqa: E402
 from model.preprocess import PREPROCESSING_VERSION, preprocess  # noqa: E402
 from model.runtime import SquidRuntime  # noqa: E402
 from tests.dicom_factory import make_dicom  # noqa: E402
@@ -45,16 +44,6 @@ def test_artifact_matches_torch_on_real_images(tiny_checkpoint, tiny_artifact, r
     assert out["anomaly_map"].shape == (len(images), 1, 64, 64)
 
 
-def test_contribution_map_sums_to_the_discriminator_logit(tiny_checkpoint, real_images):
-    _, discriminator = ckpt.load(tiny_checkpoint).build()
-    images = torch.from_numpy(real_images["val"])[:, None]
-    with torch.inference_mode():
-        cells = contribution_map(discriminator.eval(), images)
-        logits = discriminator(images)
-    assert cells.shape == (len(images), 1, 2, 2)  # 64 px through five stride-2 convs
-    np.testing.assert_allclose(cells.double().sum((1, 2, 3)).numpy(), logits.double().numpy(), atol=1e-5)
-
-
 def test_map_total_is_the_raw_score_deviation_from_the_normals_mean_in_torch_and_onnxruntime(
     tiny_checkpoint, tiny_artifact, real_images
 ):
@@ -80,7 +69,7 @@ def test_map_total_is_the_raw_score_deviation_from_the_normals_mean_in_torch_and
     runtime = SquidRuntime(tiny_artifact)
     out = runtime.run(images)
     meta = runtime.metadata.anomaly_map
-    assert meta["method"] == "discriminator_contribution"
+    assert meta["method"] == "integrated_gradients"
     assert meta["reference_raw_mean"] == pytest.approx(reference.raw_mean, abs=1e-9)
     onnx_totals = out["anomaly_map"].astype(np.float64).sum(axis=(1, 2, 3))
     expected = orientation * (out["raw_score"].astype(np.float64) - meta["reference_raw_mean"])

@@ -140,3 +140,64 @@ def test_export_then_score_agrees_with_the_checkpoint(trained, shared_data):
     assert [r["raw_score"] for r in rows] == pytest.approx(list(raw), abs=1e-3)
     assert [r["score"] for r in rows] == pytest.approx(list(expected), abs=1e-3)
     assert [r["threshold"] for r in rows] == pytest.approx([best.threshold["value"]] * len(rows), abs=1e-6)
+
+
+def test_ensemble_of_two_seeds_scores_their_mean_logit_after_export(trained, shared_data, tmp_path):
+    import numpy as np
+    import torch
+
+    from model.imaging import read_path
+    from model.preprocess import preprocess
+    from model.runtime import SquidRuntime
+    from training import checkpoint as ckpt
+    from training.scoring import score_images
+
+    seeds = [tmp_path / f"seed{seed}.ckpt" for seed in (0, 1)]
+    combined, artifact = tmp_path / "ens.ckpt", tmp_path / "ens.onnx"
+    for seed, out in enumerate(seeds):
+        squid(
+            "train", "--data", trained["train_csv"], "--select-data", trained["select_csv"],
+            "--preset", "lite", "--epochs", "2", "--val-normal", "4", "--val-anomalous", "4",
+            "--out", out, "--seed", seed, "--threads", "1", "--set", "score_on=\"input\"", *tiny_overrides(),
+        )  # fmt: skip
+    members = [ckpt.load(path) for path in seeds]
+    assert members[0].data["validation_digest"] == members[1].data["validation_digest"]  # the same split
+    assert "ensemble of 2" in squid("ensemble", *seeds, "--out", combined).stdout
+    ensemble = ckpt.load(combined)
+    assert [m["seed"] for m in ensemble.members] == [1]
+    assert set(ensemble.threshold["operating_points"]) == {"default", "spec90"}
+
+    files = sorted((shared_data / "zhanglab-224" / "test-dev" / "PNEUMONIA").iterdir())[:3]
+    images = np.stack([preprocess(read_path(f).pixels, 64) for f in files])
+    with torch.inference_mode():
+        each = [score_images(*m.build(), images)[0] for m in members]
+    squid("export", combined, "--out", artifact, "--check-images", "4")
+    out = squid("score", *files, "--model", artifact, "--json")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["raw_score"] for r in rows] == pytest.approx(list(np.mean(each, axis=0)), abs=1e-3)
+    meta = SquidRuntime(artifact).metadata
+    assert meta.model_version.split(".")[-2].endswith("x2")
+    assert [m["seed"] for m in meta.training["ensemble"]] == [0, 1]
+
+
+def test_ensemble_refuses_other_recipes_and_judges_of_reconstructions(trained, tmp_path):
+    from training import checkpoint as ckpt
+
+    first = ckpt.load(trained["ckpt"])
+    assert first.config["score_on"] == "reconstruction"
+    other = ckpt.load(trained["ckpt"])
+    other.config = {**other.config, "lr": other.config["lr"] * 2}
+    ckpt.save(other, tmp_path / "other.ckpt")
+    for config, message in (
+        (first.config, "judge the input"),
+        ({**first.config, "score_on": "input"}, "different configs"),
+    ):
+        first.config = config
+        ckpt.save(first, tmp_path / "first.ckpt")
+        result = subprocess.run(
+            [*SQUID, "ensemble", tmp_path / "first.ckpt", tmp_path / "other.ckpt",
+             "--out", tmp_path / "x.ckpt"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode != 0 and message in result.stderr
+        assert not (tmp_path / "x.ckpt").exists()
