@@ -131,7 +131,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     xs = [float(k) * 100 for k in curves]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     styles: dict[str, tuple[str, str]] = {
-        "contribution": ("C3", "new map"),
+        "map": ("C3", f"artifact map ({result['artifact_map']})"),
         "residual": ("C0", "old residual map"),
     }
     for name, (colour, label) in styles.items():
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     out = runtime.run(images)
     maps: dict[str, Array] = {"residual": residual_map(images, out["reconstruction"][:, 0])}
     kind = meta.anomaly_map.get("method", "residual")
-    if kind == "discriminator_contribution":
-        maps = {"contribution": out["anomaly_map"][:, 0], **maps}
+    if kind != "residual":
+        maps = {"map": out["anomaly_map"][:, 0], **maps}
     summary: Callable[[dict[str, Any]], dict[str, Any]] = lambda c: {  # noqa: E731
         k: v for k, v in c.items() if not k.startswith("drops")
     }

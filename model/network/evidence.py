@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from model.network.ensemble import Judge, discriminators_of
 from model.network.gradients import logit_and_input_gradient
 
-PATH_STEPS = 4
-SMOOTHING_FRACTION = 1 / 32
+PATH_STEPS = 2
+SMOOTHING_FRACTION = 3 / 128
 
 
 def integrated_gradients(
@@ -49,7 +49,7 @@ def integrated_gradients(
 
 
 def gaussian_kernel(size: int) -> torch.Tensor:
-    """A normalised 1-D Gaussian of sigma = size * SMOOTHING_FRACTION (4 px at 128 px)."""
+    """A normalised 1-D Gaussian of sigma = size * SMOOTHING_FRACTION (3 px at 128 px)."""
     sigma = size * SMOOTHING_FRACTION
     radius = math.ceil(3 * sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
