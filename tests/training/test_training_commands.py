@@ -157,7 +157,7 @@ def test_ensemble_of_two_seeds_scores_their_mean_logit_after_export(trained, sha
     for seed, out in enumerate(seeds):
         squid(
             "train", "--data", trained["train_csv"], "--select-data", trained["select_csv"],
-            "--preset", "lite", "--epochs", "2", "--val-normal", "4", "--val-anomalous", "4",
+            "--preset", "lite", "--epochs", "1", "--val-normal", "4", "--val-anomalous", "4",
             "--out", out, "--seed", seed, "--threads", "1", "--set", "score_on=\"input\"", *tiny_overrides(),
         )  # fmt: skip
     members = [ckpt.load(path) for path in seeds]
