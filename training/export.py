@@ -32,6 +32,7 @@ from model.network.evidence import (
     evidence_map,
     gaussian_kernel,
     integrated_gradients,
+    oriented_attributions,
 )
 from model.preprocess import preprocessing_spec
 from training.checkpoint import Checkpoint
@@ -55,6 +56,7 @@ class ReferenceMap:
     and mean raw score, and the overlay's fixed colour scale from their own maps."""
 
     baseline: torch.Tensor  # (1, 1, H, W)
+    mean_map: torch.Tensor  # (1, 1, H, W): the normals' mean oriented, smoothed attributions
     raw_mean: float
     display_max: float
     images: int
@@ -66,6 +68,7 @@ class ReferenceMap:
             "units": "raw logit per pixel",
             "sum": "orientation * (raw_score - reference_raw_mean)",
             "baseline": "mean image of the training normals",
+            "reference_map": "mean map of the training normals, subtracted",
             "path_steps": PATH_STEPS,
             "smoothing_sigma_px": round(self.baseline.shape[-1] * SMOOTHING_FRACTION, 3),
             "reference": "mean raw score of the training normals",
@@ -82,12 +85,14 @@ class InferenceChain(nn.Module):
     Outputs the raw score (the discriminators' mean logit on the reconstruction, or on the input when
     the config's ``score_on`` says so), the calibrated score, the student reconstruction and the
     anomaly map: integrated gradients of the raw score from the training normals' mean image,
-    smoothed and oriented so that positive = evidence for anomalous (:mod:`model.network.evidence`).
+    smoothed, oriented so that positive = evidence for anomalous, minus the normals' mean map
+    (:mod:`model.network.evidence`).
     Its pixels sum to ``orientation * (raw - reference raw mean)``.
     """
 
     baseline: torch.Tensor
     kernel: torch.Tensor
+    mean_map: torch.Tensor
 
     def __init__(
         self,
@@ -107,13 +112,18 @@ class InferenceChain(nn.Module):
             "baseline", reference.baseline.detach().float().reshape(1, 1, self.size, self.size)
         )
         self.register_buffer("kernel", gaussian_kernel(self.size))
+        self.register_buffer(
+            "mean_map", reference.mean_map.detach().float().reshape(1, 1, self.size, self.size)
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         reconstruction = self.generator.reconstruct(images)
         judged = images if self.generator.config.score_on == "input" else reconstruction
         raw, attributions = integrated_gradients(self.judge, judged, self.baseline)
         score = torch.sigmoid(self.orientation * (raw - self.mu) / self.sigma)
-        anomaly_map = evidence_map(attributions, raw, self.reference_raw, self.orientation, self.kernel)
+        anomaly_map = evidence_map(
+            attributions, raw, self.reference_raw, self.orientation, self.kernel, self.mean_map
+        )
         return raw, score, reconstruction, anomaly_map
 
 
@@ -123,8 +133,8 @@ def reference_map(
     normals: NDArray[np.float32],
     orientation: int,
 ) -> ReferenceMap:
-    """The normals' mean image and mean raw score, and the colour scale: the ``DISPLAY_QUANTILE``
-    of the normals' own map pixels."""
+    """The normals' mean image (the attribution baseline), mean raw score and mean map, and the
+    colour scale: the ``DISPLAY_QUANTILE`` of the normals' own map pixels."""
     if len(normals) == 0:
         raise ExportError("the reference map needs training normals; none were given")
     generator.eval()
@@ -144,11 +154,15 @@ def reference_map(
         )
         raw = torch.cat(raws)
         raw_mean = float(raw.double().mean())
-        maps = evidence_map(torch.cat(attributions), raw, raw_mean, orientation, kernel)
+        attribution = torch.cat(attributions)
+        mean_map = (
+            oriented_attributions(attribution, orientation, kernel).double().mean(0, keepdim=True).float()
+        )
+        maps = evidence_map(attribution, raw, raw_mean, orientation, kernel, mean_map)
         display_max = float(
             torch.quantile(maps.flatten()[:: max(1, maps.numel() // 4_000_000)].float(), DISPLAY_QUANTILE)
         )
-    return ReferenceMap(baseline, raw_mean, max(display_max, 1e-12), len(normals))
+    return ReferenceMap(baseline, mean_map, raw_mean, max(display_max, 1e-12), len(normals))
 
 
 def build_chain(checkpoint: Checkpoint, reference: ReferenceMap | None = None) -> InferenceChain:
@@ -157,7 +171,8 @@ def build_chain(checkpoint: Checkpoint, reference: ReferenceMap | None = None) -
     generator, judge = checkpoint.build()
     size = checkpoint.squid_config().image_size
     if reference is None:
-        reference = ReferenceMap(torch.full((1, 1, size, size), 0.5), 0.0, 1.0, 0)
+        flat = torch.full((1, 1, size, size), 0.5)
+        reference = ReferenceMap(flat, torch.zeros_like(flat), 0.0, 1.0, 0)
     return InferenceChain(generator, judge, checkpoint.get_calibration(), reference).eval()
 
 

@@ -142,9 +142,10 @@ def _heatmap_section(meta: ArtifactMetadata) -> str:
     return f"""Evidence for the score, **not a lesion segmentation**. Each pixel is its integrated-gradients
 attribution of the raw score: how much moving it from the mean image of {info.get("reference_images")}
 training normals to this image moved the discriminator's logit ({info.get("path_steps")} steps on the
-path), smoothed by a Gaussian of {info.get("smoothing_sigma_px")} px and signed so that positive =
-evidence for "anomalous". The part of the total the attributions do not place is spread evenly, so the
-pixels add up to `-(raw - {info.get("reference_raw_mean", 0):.4f})`, the raw score's deviation from the
+path), smoothed by a Gaussian of {info.get("smoothing_sigma_px")} px, signed so that positive =
+evidence for "anomalous", minus the training normals' mean map (so it shows where this image is less
+normal than the normals usually are). What is left of the total is spread evenly, so the pixels add
+up to `-(raw - {info.get("reference_raw_mean", 0):.4f})`, the raw score's deviation from the
 normals' mean; divided by sigma that is the calibrated z. It says which parts of the film drove the
 score; a region it ranks high is one whose replacement by normal pixels lowers the score (measured:
 docs/heatmap.md, `bench/map_faithfulness.py`); it does not trace a lesion's border.

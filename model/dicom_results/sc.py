@@ -49,8 +49,14 @@ def overlay(pixels: NDArray[Any], result: ScoreResult, max_side: int = MAX_SIDE)
 
 def caption(result: ScoreResult, model: ModelInfo) -> list[str]:
     decision = "ANOMALOUS" if result.is_anomalous else "normal"
+    legend = (
+        "colour: more anomalous than normals, fixed scale"
+        if result.map_scale is not None
+        else "colour: residual, scaled per image"
+    )
     return [
         f"SQUID anomaly score {result.score:.3f}: {decision} (threshold {result.threshold:.3f})",
+        legend,
         f"model {model.name} {model.version}",
         NOT_FOR_DIAGNOSTIC_USE,
     ]

@@ -10,10 +10,12 @@ high is one whose replacement by normal pixels changes the score (``bench/map_fa
 measures exactly that).
 
 The attributions are smoothed by a Gaussian (pixel-level attributions are speckled, and a reader
-looks for regions), oriented so that positive = evidence for "anomalous", and the part of
-``orientation * (raw - reference raw)`` they do not place (the baseline's own offset from the normals'
-mean logit, the path's discretisation, what the blur pushes over the border) is spread evenly over
-the image. So the map's total is exactly the raw score's deviation from the training normals' mean.
+looks for regions), oriented so that positive = evidence for "anomalous", and the training normals'
+mean of that map is subtracted: what remains is where this image is less normal than the normals
+usually are (the blurry mean image is itself far from any real film, so every image's raw
+attributions share a large common part). Its total is then the raw score's deviation from the
+normals' mean, up to the path's discretisation; that small remainder is spread evenly, so the total
+is exact.
 
 The gradients come from :mod:`model.network.gradients`, written out as forward operations, so the
 whole computation is part of the exported ONNX graph.
@@ -57,18 +59,28 @@ def gaussian_kernel(size: int) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def oriented_attributions(
+    attributions: torch.Tensor, orientation: float, kernel: torch.Tensor
+) -> torch.Tensor:
+    """Attributions smoothed by the separable ``kernel`` and signed so that positive = anomalous."""
+    radius = kernel.numel() // 2
+    smoothed = F.conv2d(attributions, kernel.reshape(1, 1, 1, -1), padding=(0, radius))
+    smoothed = F.conv2d(smoothed, kernel.reshape(1, 1, -1, 1), padding=(radius, 0))
+    return orientation * smoothed
+
+
 def evidence_map(
     attributions: torch.Tensor,
     raw: torch.Tensor,
     reference_raw: float,
     orientation: float,
     kernel: torch.Tensor,
+    reference_map: torch.Tensor,
 ) -> torch.Tensor:
-    """Smoothed, oriented attributions whose pixels add up to ``orientation * (raw - reference_raw)``."""
-    radius = kernel.numel() // 2
-    smoothed = F.conv2d(attributions, kernel.reshape(1, 1, 1, -1), padding=(0, radius))
-    smoothed = F.conv2d(smoothed, kernel.reshape(1, 1, -1, 1), padding=(radius, 0))
-    oriented = orientation * smoothed
+    """This image's oriented attributions minus the training normals' mean of them
+    (``reference_map``), plus an even share of what is left, so the pixels add up to exactly
+    ``orientation * (raw - reference_raw)``."""
+    relative = oriented_attributions(attributions, orientation, kernel) - reference_map
     pixels = attributions.shape[-1] * attributions.shape[-2]
-    unplaced = orientation * (raw - reference_raw) - oriented.sum((1, 2, 3))
-    return oriented + (unplaced / pixels).reshape(-1, 1, 1, 1)
+    unplaced = orientation * (raw - reference_raw) - relative.sum((1, 2, 3))
+    return relative + (unplaced / pixels).reshape(-1, 1, 1, 1)

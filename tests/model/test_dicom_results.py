@@ -157,6 +157,7 @@ def test_sc_shows_the_api_overlay_with_the_score_burned_in(
     assert np.array_equal(pixels[:height], expected)
     lines = caption(result, model)
     assert f"{result.score:.3f}" in lines[0] and NOT_FOR_DIAGNOSTIC_USE in lines
+    assert "fixed scale" in lines[1]  # the legend: a colour means the same on every capture
     assert np.array_equal(pixels, burn_in(expected, lines))
     other = caption(ScoreResult(**{**result.__dict__, "score": result.score / 2}), model)
     assert not np.array_equal(pixels, burn_in(expected, other))  # the band shows this score

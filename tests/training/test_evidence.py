@@ -14,6 +14,7 @@ from model.network.evidence import (  # noqa: E402
     evidence_map,
     gaussian_kernel,
     integrated_gradients,
+    oriented_attributions,
 )
 from model.network.gradients import logit_and_input_gradient  # noqa: E402
 
@@ -65,7 +66,7 @@ def test_map_pixels_add_up_to_the_deviation_from_the_normals_mean_and_keep_the_a
     attributions[0, 0, 10:20, 40:50] = 1.0
     attributions[1, 0, 40:50, 5:15] = -2.0
     raw = torch.tensor([3.0, -1.0])
-    heat = evidence_map(attributions, raw, 0.5, -1.0, gaussian_kernel(SIZE))
+    heat = evidence_map(attributions, raw, 0.5, -1.0, gaussian_kernel(SIZE), torch.zeros(1, 1, SIZE, SIZE))
     torch.testing.assert_close(heat.double().sum((1, 2, 3)), (-(raw - 0.5)).double(), rtol=0, atol=1e-4)
     # Oriented: a positive attribution (pushes the logit up, towards "normal") is evidence against
     # "anomalous", so the first image's square is the map's minimum, the second's its maximum.
@@ -73,3 +74,12 @@ def test_map_pixels_add_up_to_the_deviation_from_the_normals_mean_and_keep_the_a
     assert 10 <= row < 20 and 40 <= col < 50
     row, col = divmod(int(heat[1].argmax()), SIZE)
     assert 40 <= row < 50 and 5 <= col < 15
+
+
+def test_an_image_as_evidential_as_the_normals_on_average_gets_an_even_map() -> None:
+    """The normals' mean map is subtracted: only where an image departs from it is coloured."""
+    kernel = gaussian_kernel(SIZE)
+    attributions = torch.rand(1, 1, SIZE, SIZE)
+    reference = oriented_attributions(attributions, -1.0, kernel)
+    heat = evidence_map(attributions, torch.tensor([2.0]), 3.0, -1.0, kernel, reference)
+    torch.testing.assert_close(heat, torch.full_like(heat, 1.0 / SIZE**2))

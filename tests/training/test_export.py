@@ -77,6 +77,9 @@ def test_map_total_is_the_raw_score_deviation_from_the_normals_mean_in_torch_and
     np.testing.assert_allclose(out["anomaly_map"], torch_map, atol=1e-5)
     # Not a constant spread of the total: the map has structure within each image.
     assert all(np.ptp(m) > 0 for m in out["anomaly_map"])
+    # Relative to the normals: their own maps average to (almost) nothing at every pixel.
+    normals_mean = runtime.run(real_images["train"])["anomaly_map"].astype(np.float64).mean(0)
+    assert np.abs(normals_mean).max() < 0.05 * meta["display_max"]
     assert runtime.map_scale == meta["display_max"] > 0
     assert all(r.map_scale == runtime.map_scale for r in runtime.score(images))
 
