@@ -12,7 +12,7 @@ Files: real chest X-rays (ZhangLab JPEGs at 224 px and the scorable real DICOMs 
 ``overhead_p50`` = HTTP c=1 p50 / in-process p50 and ``throughput_gain_c16`` = HTTP c=16 throughput /
 in-process throughput.
 
-Usage: ``python bench/serve_latency.py [--files 64] [--rounds 2] [--threads N]``; writes
+Usage: ``python bench/serve_latency.py [--model ARTIFACT] [--files 64] [--rounds 2] [--threads N]``; writes
 bench/results/serve_latency.json.
 """
 
@@ -77,8 +77,10 @@ def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     }
 
 
-def bench_inprocess(files: list[bytes], rounds: int, threads: int | None) -> dict[str, float]:
-    runtime = SquidRuntime(intra_op_threads=threads)
+def bench_inprocess(
+    files: list[bytes], rounds: int, threads: int | None, model: Path | None
+) -> dict[str, float]:
+    runtime = SquidRuntime(model, intra_op_threads=threads)
     runtime.warmup()
     latencies = []
     start = time.perf_counter()
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads")
+    parser.add_argument("--model", type=Path, default=None, help="artifact (default: the shipped one)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_latency.json")
     args = parser.parse_args()
 
@@ -131,15 +134,16 @@ def main() -> None:
             "python": platform.python_version(),
             "load_average_before": [round(x, 2) for x in load_before],
         },
-        "model": SquidRuntime().metadata.model_version,
+        "model": SquidRuntime(args.model).metadata.model_version,
         "files": len(files),
         "rounds": args.rounds,
         "intra_op_threads": args.threads,
     }
-    results["inprocess"] = bench_inprocess(files, args.rounds, args.threads)
+    results["inprocess"] = bench_inprocess(files, args.rounds, args.threads, args.model)
     print("inprocess", results["inprocess"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp) / "server.log", SQUID_INTRA_OP_THREADS=str(args.threads))
+        model = {"SQUID_MODEL_PATH": str(args.model.resolve())} if args.model else {}
+        server = start_server(Path(tmp) / "server.log", SQUID_INTRA_OP_THREADS=str(args.threads), **model)
         try:
             bench_http(server.url, files[:8], 1, 4)  # warm-up
             for clients in CONCURRENCY:

@@ -105,8 +105,7 @@ folder overstates what a new site sees (the official test split is shifted: ever
 AUC there). {extra.get("test_note", "")}
 
 ## How it was trained
-Epoch {training.get("epoch")} of {training.get("epochs")} planned (best selection AUC), seed
-{training.get("seed")}, {training.get("train_seconds", 0) / 60:.0f} min of training on
+{_members(training)}{training.get("train_seconds", 0) / 60:.0f} min of training on
 {extra.get("machine", "a CPU machine")}. Package {training.get("package_version")}, commit
 `{training.get("git_commit")}`. {history}
 
@@ -151,6 +150,22 @@ score; a region it ranks high is one whose replacement by normal pixels lowers t
 docs/heatmap.md, `bench/map_faithfulness.py`); it does not trace a lesion's border.
 Overlays use a fixed colour scale: full colour at {info.get("display_max", 0):.3g} per pixel, a level
 {100 * (1 - info.get("display_quantile", 0.99)):.0f} % of the training normals' map pixels exceed."""
+
+
+def _members(training: dict[str, Any]) -> str:
+    """Who scores: one run's selected epoch, or an ensemble's members (``squid ensemble``)."""
+    members = training.get("ensemble", [])
+    if len(members) <= 1:
+        return (
+            f"Epoch {training.get('epoch')} of {training.get('epochs')} planned (best selection AUC), "
+            f"seed {training.get('seed')}, "
+        )
+    each = "; ".join(f"seed {m['seed']}, epoch {m['epoch']} (`{m['score_norm']}`)" for m in members)
+    return (
+        f"An ensemble of {len(members)} runs of the same recipe ({training.get('epochs')} epochs planned "
+        f"each, every run's epoch chosen by its best selection AUC): {each}. The raw score is their "
+        "discriminators' mean logit; the first run's generator draws the reconstruction. In all, "
+    )
 
 
 def write(artifact: Path, out: Path, extra: dict[str, Any]) -> None:

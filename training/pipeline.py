@@ -181,7 +181,8 @@ def evaluate(
     normals = training_normals(checkpoint, progress)
     baselines = fit_baselines(normals)
     ae = load_autoencoder(autoencoder) if autoencoder else None
-    squid_name = f"SQUID {checkpoint.config['name']} (epoch {checkpoint.epoch})"
+    runs = f"ensemble of {len(checkpoint.members) + 1}" if checkpoint.members else f"epoch {checkpoint.epoch}"
+    squid_name = f"SQUID {checkpoint.config['name']} ({runs})"
     out_dir = Path(out_dir)
     reports: dict[str, Any] = {}
     scored: list[Scored] = []

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from model.network.ensemble import Judge, discriminators_of
 from model.network.gradients import logit_and_input_gradient
 
-PATH_STEPS = 2
+PATH_STEPS = 1
 SMOOTHING_FRACTION = 3 / 128
 
 
