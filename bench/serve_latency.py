@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 
-from http_support import metric_value, start_server, stop_server  # noqa: E402
+from http_support import metric_value, serving  # noqa: E402
 
 from model.runtime import SquidRuntime  # noqa: E402
 from model.steps import infer, prepare  # noqa: E402
@@ -143,15 +143,13 @@ def main() -> None:
     print("inprocess", results["inprocess"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = {"SQUID_MODEL_PATH": str(args.model.resolve())} if args.model else {}
-        server = start_server(Path(tmp) / "server.log", SQUID_INTRA_OP_THREADS=str(args.threads), **model)
-        try:
+        threads = str(args.threads)
+        with serving(Path(tmp) / "server.log", SQUID_INTRA_OP_THREADS=threads, **model) as server:
             bench_http(server.url, files[:8], 1, 4)  # warm-up
             for clients in CONCURRENCY:
                 results[f"http_c{clients}"] = bench_http(server.url, files, args.rounds, clients)
                 print(f"http c={clients}", results[f"http_c{clients}"], flush=True)
             batches = httpx.get(f"{server.url}/metrics").text
-        finally:
-            stop_server(server)
     calls = metric_value(batches, "squid_inference_batch_size_count")
     images = metric_value(batches, "squid_inference_batch_size_sum")
     base = results["inprocess"]

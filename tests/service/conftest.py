@@ -11,28 +11,26 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from http_support import API_KEY, THRESHOLD_OVERRIDE, Server, start_server, stop_server
+from http_support import API_KEY, THRESHOLD_OVERRIDE, Server, serving
 
 from model.runtime import SquidRuntime
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server") / "server.log")
-    yield running
-    stop_server(running)
+    with serving(tmp_path_factory.mktemp("server") / "server.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
 def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("secured") / "server.log",
         SQUID_API_KEY=API_KEY,
         SQUID_THRESHOLD=str(THRESHOLD_OVERRIDE),
         SQUID_MAX_UPLOAD_MB="1",
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +83,16 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait(timeout=10)
+
+
+@contextmanager
+def serving(log_path: Path, **settings: str) -> Iterator[Server]:
+    """A ``squid serve`` with these settings for the duration of the block, stopped however it ends."""
+    server = start_server(log_path, **settings)
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def local_score(runtime: SquidRuntime, data: bytes) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dicom_factory import make_dicom
-from http_support import Server, chest_like, metric_value, start_server, stop_server
+from http_support import Server, chest_like, metric_value, serving
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -57,11 +57,10 @@ def test_readiness_counts_the_markers_of_live_processes_only(
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("workers") / "server.log", SQUID_WORKERS="2", SQUID_INTRA_OP_THREADS="1"
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 def test_two_workers_share_one_metrics_view(two_workers: Server) -> None:

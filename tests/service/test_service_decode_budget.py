@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from http_support import Server, start_server, stop_server
+from http_support import Server, serving
 from PIL import Image
 
 from model.imaging.reader import PEAK_BYTES_PER_PIXEL
@@ -26,13 +26,12 @@ CLIENTS = 6
 
 @pytest.fixture(scope="module")
 def budgeted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("budget") / "server.log",
         SQUID_DECODE_BUDGET_MB=str(BUDGET_MB),
         SQUID_DECODE_WAIT_S="0",
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 def large_png() -> bytes:

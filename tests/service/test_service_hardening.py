@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from http_support import Server, start_server, stop_server
+from http_support import Server, serving
 from PIL import Image
 
 READ_TIMEOUT_S = 2.0
@@ -21,15 +21,14 @@ MAX_BYTES_PER_PIXEL = 16  # what the issue allows the server; the design aims at
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(
+    with serving(
         tmp_path_factory.mktemp("guarded") / "server.log",
         SQUID_READ_TIMEOUT_S=str(READ_TIMEOUT_S),
         SQUID_MAX_HEADER_KB="16",
         SQUID_MAX_HEADER_COUNT="50",
         SQUID_MAX_UPLOAD_MB="16",
-    )
-    yield running
-    stop_server(running)
+    ) as running:
+        yield running
 
 
 def exchange(server: Server, payload: bytes, wait_s: float = 20.0) -> bytes:
