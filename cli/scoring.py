@@ -43,7 +43,7 @@ def score_files(
             rejected = {"file": str(path), "status": "rejected", "reason": reason, "detail": detail}
             typer.echo(json.dumps(rejected) if as_json else f"{path}\trejected\t{reason}: {detail}")
             continue
-        result = infer(runtime, [item])[0][0]
+        result = infer(runtime, [item], with_map=bool(heatmap or dicom_out))[0][0]
         label = "anomalous" if result.is_anomalous else "normal"
         row: dict[str, Any] = {
             "file": str(path),
@@ -56,7 +56,7 @@ def score_files(
         }
         if heatmap:
             target = heatmap / f"{path.stem}.heatmap.png"
-            target.write_bytes(overlay_png(item.decoded.pixels, result.anomaly_map, vmax=result.map_scale))
+            target.write_bytes(overlay_png(item.decoded.pixels, result.map_or_raise(), vmax=result.map_scale))
             row["heatmap"] = str(target)
         if dicom_out:
             row.update(dicom_fields(data, item.decoded, result, model_info, dicom_out))

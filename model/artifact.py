@@ -15,6 +15,9 @@ SCHEMA_VERSION = 1
 METADATA_KEY = "squid"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("raw_score", "score", "reconstruction", "anomaly_map")
+# Outputs computed only when their scalar bool input is true (a batch of 0 otherwise): a plain score
+# skips the generator (when D judges the input) and the map. Artifacts without these inputs compute all.
+OPTIONAL_OUTPUTS = {"reconstruction": "with_reconstruction", "anomaly_map": "with_anomaly_map"}
 
 
 class ArtifactError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -11,7 +12,14 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, ArtifactError, ArtifactMetadata
+from model.artifact import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OPTIONAL_OUTPUTS,
+    OUTPUT_NAMES,
+    ArtifactError,
+    ArtifactMetadata,
+)
 from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
 from model.preprocess import Preprocessing
@@ -41,9 +49,16 @@ class ScoreResult:
     raw_score: float
     is_anomalous: bool
     threshold: float
-    anomaly_map: NDArray[np.float32]
+    # None when the caller did not ask for it (``SquidRuntime.score(..., with_map=False)``).
+    anomaly_map: NDArray[np.float32] | None
     # The map value drawn in full colour, fixed per artifact (None: an old artifact, scale per image).
     map_scale: float | None = None
+
+    def map_or_raise(self) -> NDArray[np.float32]:
+        """The anomaly map, for renderers that cannot do without one."""
+        if self.anomaly_map is None:
+            raise ValueError("this result was scored without its anomaly map (with_map=False)")
+        return self.anomaly_map
 
 
 class SquidRuntime:
@@ -77,8 +92,14 @@ class SquidRuntime:
             raise ArtifactError(f"{self.path} has no '{METADATA_KEY}' metadata: not a SQUID artifact")
         self.metadata = ArtifactMetadata.from_json(props[METADATA_KEY])
         outputs = [o.name for o in self.session.get_outputs()]
-        if outputs != list(OUTPUT_NAMES) or self.session.get_inputs()[0].name != INPUT_NAME:
+        inputs = [i.name for i in self.session.get_inputs()]
+        if outputs != list(OUTPUT_NAMES) or inputs[0] != INPUT_NAME:
             raise ArtifactError(f"{self.path} has outputs {outputs}, expected {list(OUTPUT_NAMES)}")
+        unknown = set(inputs[1:]) - set(OPTIONAL_OUTPUTS.values())
+        if unknown:
+            raise ArtifactError(f"{self.path} has inputs {sorted(unknown)} this runtime does not know")
+        # Output -> its switch, for the outputs this artifact computes only on request.
+        self.switches = {o: flag for o, flag in OPTIONAL_OUTPUTS.items() if flag in inputs}
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
         if threshold is not None and operating_point is not None:
@@ -112,8 +133,14 @@ class SquidRuntime:
         """The preprocessing this artifact was trained with, read from its own spec."""
         return Preprocessing.from_spec(self.metadata.preprocessing, self.input_size)
 
-    def run(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
-        """All artifact outputs for a (N, H, W) or (N, 1, H, W) batch of preprocessed images."""
+    def run(
+        self, batch: NDArray[np.float32], outputs: Collection[str] = OUTPUT_NAMES
+    ) -> dict[str, NDArray[np.float32]]:
+        """The scores and the requested ``outputs`` for a (N, H, W) or (N, 1, H, W) batch of
+        preprocessed images; an optional output not requested is not computed (nor returned)."""
+        unknown = set(outputs) - set(OUTPUT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown outputs {sorted(unknown)}; the artifact has {list(OUTPUT_NAMES)}")
         if batch.ndim == 3:
             batch = batch[:, None]
         size = self.input_size
@@ -124,14 +151,19 @@ class SquidRuntime:
             # onnxruntime's CPU kernels round a one-image batch differently from larger ones (~1e-8 in
             # the raw logit); padding to two keeps a score independent of the batch it was computed in.
             batch = np.concatenate([batch, np.zeros_like(batch)])
-        feeds = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
-        outputs = self.session.run(None, feeds)
-        return {name: value[:count] for name, value in zip(OUTPUT_NAMES, outputs, strict=True)}
+        wanted = {"raw_score", "score", *outputs}
+        feeds: dict[str, NDArray[np.generic]] = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+        feeds |= {flag: np.array(name in wanted) for name, flag in self.switches.items()}
+        values = self.session.run(None, feeds)
+        return {
+            name: value[:count] for name, value in zip(OUTPUT_NAMES, values, strict=True) if name in wanted
+        }
 
-    def score(self, batch: NDArray[np.float32]) -> list[ScoreResult]:
+    def score(self, batch: NDArray[np.float32], with_map: bool = True) -> list[ScoreResult]:
+        """Scored results; ``with_map=False`` skips the anomaly map (most of the cost of an image)."""
         if len(batch) == 0:
             return []
-        out = self.run(batch)
+        out = self.run(batch, ["anomaly_map"] if with_map else [])
         # Calibrate in float64 from the metadata: the graph's float32 output can round mu visibly.
         scores = self.calibration.apply(out["raw_score"])
         return [
@@ -140,7 +172,7 @@ class SquidRuntime:
                 raw_score=float(out["raw_score"][i]),
                 is_anomalous=bool(scores[i] >= self.threshold),
                 threshold=self.threshold,
-                anomaly_map=out["anomaly_map"][i, 0],
+                anomaly_map=out["anomaly_map"][i, 0] if with_map else None,
                 map_scale=self.map_scale,
             )
             for i in range(len(batch))
@@ -154,8 +186,11 @@ class SquidRuntime:
         return float(points[name])
 
     def warmup(self) -> None:
-        """One inference so the first real request does not pay for session initialisation."""
-        self.run(np.zeros((1, 1, self.input_size, self.input_size), np.float32))
+        """An inference with and one without the optional outputs, so that no first request pays
+        for initialising either path."""
+        blank = np.zeros((1, 1, self.input_size, self.input_size), np.float32)
+        self.run(blank)
+        self.run(blank, [])
 
 
 class RuntimeOptions(Protocol):

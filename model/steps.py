@@ -48,10 +48,15 @@ def prepare(data: bytes, preprocessing: Preprocessing | int, max_pixels: int) ->
     return Prepared(decoded, array, timing)
 
 
-def infer(runtime: SquidRuntime, items: list[Prepared]) -> tuple[list[ScoreResult], float]:
-    """Score a batch; returns the results and the inference time in ms for the whole batch."""
+def infer(
+    runtime: SquidRuntime, items: list[Prepared], with_map: bool = True
+) -> tuple[list[ScoreResult], float]:
+    """Score a batch; returns the results and the inference time in ms for the whole batch.
+
+    ``with_map=False`` when no one will look at the anomaly maps: it is most of an image's cost.
+    """
     if not items:
         return [], 0.0
     start = time.perf_counter()
-    results = runtime.score(np.stack([item.array for item in items]))
+    results = runtime.score(np.stack([item.array for item in items]), with_map=with_map)
     return results, (time.perf_counter() - start) * 1e3

@@ -46,6 +46,7 @@ class _Pending:
     item: Prepared
     future: asyncio.Future[BatchOutcome]
     enqueued: float
+    with_map: bool
 
 
 class MicroBatcher:
@@ -91,12 +92,13 @@ class MicroBatcher:
         finally:
             self._incoming -= 1
 
-    async def submit(self, item: Prepared) -> BatchOutcome:
-        """Queue one image and wait for its result."""
+    async def submit(self, item: Prepared, with_map: bool = True) -> BatchOutcome:
+        """Queue one image and wait for its result; ``with_map=False`` when its anomaly map will not
+        be looked at (a batch computes maps when any of its requests needs one)."""
         if not self.running:
             raise BatcherClosedError("the model is not ready")
         loop = asyncio.get_running_loop()
-        pending = _Pending(item, loop.create_future(), loop.time())
+        pending = _Pending(item, loop.create_future(), loop.time(), with_map)
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -126,7 +128,7 @@ class MicroBatcher:
         started = loop.time()
         try:
             results, inference_ms = await loop.run_in_executor(
-                self._executor, infer, self.runtime, [p.item for p in batch]
+                self._executor, infer, self.runtime, [p.item for p in batch], any(p.with_map for p in batch)
             )
         except asyncio.CancelledError:
             for pending in batch:

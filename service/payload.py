@@ -41,7 +41,7 @@ def result_payload(
         "timing_ms": {k: round(v, 3) for k, v in item.timing_ms.items()},
     }
     if heatmap:
-        png = overlay_png(item.decoded.pixels, result.anomaly_map, vmax=result.map_scale)
+        png = overlay_png(item.decoded.pixels, result.map_or_raise(), vmax=result.map_scale)
         payload["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
     if preview:
         payload["preview_png_base64"] = base64.b64encode(preview_png(item.decoded.pixels)).decode("ascii")

@@ -22,7 +22,14 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from model.artifact import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, SCHEMA_VERSION, ArtifactMetadata
+from model.artifact import (
+    INPUT_NAME,
+    METADATA_KEY,
+    OPTIONAL_OUTPUTS,
+    OUTPUT_NAMES,
+    SCHEMA_VERSION,
+    ArtifactMetadata,
+)
 from model.calibration import Calibration
 from model.network import SquidGenerator
 from model.network.ensemble import Judge
@@ -36,6 +43,7 @@ from model.network.evidence import (
 )
 from model.preprocess import preprocessing_spec
 from training.checkpoint import Checkpoint
+from training.optional_outputs import gate_outputs
 
 RAW_TOLERANCE = 1e-4
 RECONSTRUCTION_TOLERANCE = 1e-5
@@ -238,7 +246,8 @@ def build_metadata(
 
 
 def to_onnx(chain: InferenceChain, size: int) -> onnx.ModelProto:
-    """Trace with the dynamo exporter, a batch-2 example and a dynamic batch dimension."""
+    """Trace with the dynamo exporter, a batch-2 example and a dynamic batch dimension. Every output
+    is computed on every call; :func:`export` then makes the optional ones switchable."""
     example = torch.rand(2, 1, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
@@ -259,6 +268,12 @@ def to_onnx(chain: InferenceChain, size: int) -> onnx.ModelProto:
     return program.model_proto
 
 
+def feeds(batch: NDArray[np.float32], optional: bool) -> dict[str, NDArray[Any]]:
+    """The artifact's inputs: the images and every optional output switched on or off."""
+    flags = {flag: np.array(optional) for flag in OPTIONAL_OUTPUTS.values()}
+    return {INPUT_NAME: batch, **flags}
+
+
 def session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -270,11 +285,20 @@ def parity(
     chain: InferenceChain, model: onnx.ModelProto, images: NDArray[np.float32]
 ) -> tuple[float, float, float]:
     """Largest raw-score and reconstruction differences between torch and onnxruntime, and the
-    largest gap between onnxruntime's map total and ``orientation * (raw - reference raw mean)``."""
+    largest gap between onnxruntime's map total and ``orientation * (raw - reference raw mean)``.
+
+    Also checks that switching the optional outputs off leaves them empty and the scores unchanged.
+    """
     batch = np.ascontiguousarray(images[:, None], dtype=np.float32)
     with torch.no_grad():
         expected = [t.numpy() for t in chain(torch.from_numpy(batch))]
-    got = session(model).run(None, {INPUT_NAME: batch})
+    runner = session(model)
+    got = runner.run(None, feeds(batch, optional=True))
+    plain = dict(zip(OUTPUT_NAMES, runner.run(None, feeds(batch, optional=False)), strict=True))
+    if any(plain[name].size for name in OPTIONAL_OUTPUTS):
+        raise ExportError("the graph computed an optional output that was switched off; nothing written")
+    if not (np.array_equal(plain["raw_score"], got[0]) and np.array_equal(plain["score"], got[1])):
+        raise ExportError("scores change when the optional outputs are switched off; nothing written")
     reference = chain.reference_raw
     totals = got[3].astype(np.float64).sum(axis=(1, 2, 3))
     gap = np.abs(totals - chain.orientation * (got[0].astype(np.float64) - reference)).max()
@@ -320,7 +344,7 @@ def export(
     chain = build_chain(checkpoint, reference)
     size = checkpoint.squid_config().image_size
     metadata = build_metadata(checkpoint, chain, version or _default_version(checkpoint), reference)
-    model = to_onnx(chain, size)
+    model = gate_outputs(to_onnx(chain, size), OPTIONAL_OUTPUTS)
     attach_metadata(model, metadata)
     try:
         onnx.checker.check_model(model, full_check=True)

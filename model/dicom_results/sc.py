@@ -36,7 +36,7 @@ _PLACEHOLDER_ORIENTATION = ("L", "F")  # replaced by the source's value (or empt
 
 def anomaly_map(result: ScoreResult) -> NDArray[np.float32]:
     """The map the capture shows: exactly what the runtime returned for this image."""
-    return result.anomaly_map
+    return result.map_or_raise()
 
 
 def overlay(pixels: NDArray[Any], result: ScoreResult, max_side: int = MAX_SIDE) -> NDArray[np.uint8]:

@@ -138,7 +138,7 @@ async def score(
     if promised is not None and promised != info.format:
         prepared.decoded.warnings.append(CONTENT_TYPE_MISMATCH)
     try:
-        outcome = await batcher.submit(prepared)
+        outcome = await batcher.submit(prepared, with_map=heatmap or output == "sc")
     except BatcherClosedError as exc:
         raise ApiError(503, NOT_READY, str(exc), {"Retry-After": "5"}) from None
     prepared.timing_ms["queue"] = outcome.queue_ms

@@ -83,7 +83,9 @@ def run_inprocess(
     timing = dict.fromkeys(STAGES, 0.0)
     try:
         for index, chunk in enumerate(chunks):
-            outcome = score_entries(rt, root, chunk, cache=cache, max_pixels=settings.max_pixels)
+            outcome = score_entries(
+                rt, root, chunk, cache=cache, max_pixels=settings.max_pixels, with_map=dicom_out
+            )
             write_started = time.perf_counter()
             if dicom_out:
                 dicom_outputs.write_chunk(rt, root, outcome.results, out, index, settings.max_pixels)

@@ -44,7 +44,7 @@ class ChunkOutcome:
 
     Counts are stored disjoint: ``scored`` is fresh scores, ``resumed`` the scores taken from the
     resume cache (:func:`service.jobs.state.published_counts` makes the sum users see).
-    ``results`` holds the full result (anomaly map included) of each file scored fresh, by path.
+    ``results`` holds the result of each file scored fresh, by path (with its map when asked for).
     """
 
     rows: list[Row]
@@ -73,8 +73,10 @@ def score_entries(
     *,
     cache: ScoreCache,
     max_pixels: int,
+    with_map: bool = False,
 ) -> ChunkOutcome:
-    """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know."""
+    """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know;
+    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it)."""
     version = runtime.metadata.model_version
     rows: list[Row | None] = [None] * len(entries)
     outcome = ChunkOutcome(rows=[])
@@ -88,7 +90,7 @@ def score_entries(
             pending.append(_Pending(index, entry, digest, item))
     if pending:
         try:
-            results, inference_ms = infer(runtime, [p.item for p in pending])
+            results, inference_ms = infer(runtime, [p.item for p in pending], with_map)
         except Exception as exc:  # the model failing on a batch fails its files, not the job
             log.exception("inference failed for a batch of %d files", len(pending))
             for p in pending:

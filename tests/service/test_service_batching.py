@@ -84,11 +84,13 @@ class SlowRuntime:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.batches: list[int] = []
+        self.with_maps: list[bool] = []
 
-    def score(self, batch: np.ndarray) -> list[ScoreResult]:
+    def score(self, batch: np.ndarray, with_map: bool = True) -> list[ScoreResult]:
         self.batches.append(len(batch))
+        self.with_maps.append(with_map)
         time.sleep(self.delay)
-        blank = np.zeros((2, 2), np.float32)
+        blank = np.zeros((2, 2), np.float32) if with_map else None
         return [ScoreResult(float(x.mean()), float(x.mean()), False, 0.5, blank) for x in batch]
 
 
@@ -112,6 +114,22 @@ def test_batches_respect_max_batch_and_keep_request_order() -> None:
     assert sum(min(size, 4) for size in calls) >= 10
     assert all(size >= 2 for size in calls)  # a lone image is padded to two (same kernels)
     assert len(calls) < 10
+
+
+def test_a_batch_computes_maps_only_when_one_of_its_requests_needs_one() -> None:
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        runtime = SlowRuntime(delay=0.05)
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(runtime, max_batch=4, max_wait_ms=50, executor=executor)  # type: ignore[arg-type]
+            batcher.start()
+            plain = await asyncio.gather(*(batcher.submit(item(i), with_map=False) for i in range(4)))
+            mixed = await asyncio.gather(*(batcher.submit(item(i), with_map=i == 2) for i in range(4)))
+            await batcher.stop()
+        return [o.result.anomaly_map is not None for o in plain + mixed], runtime.with_maps
+
+    has_map, calls = asyncio.run(scenario())
+    assert has_map == [False] * 4 + [True] * 4
+    assert calls[0] is False and calls[-1] is True
 
 
 def test_a_lone_request_does_not_wait_but_an_announced_one_is_waited_for() -> None:

@@ -242,3 +242,63 @@ def test_operating_points_travel_in_the_artifact_and_select_the_threshold(tiny_c
         SquidRuntime(tiny_artifact, operating_point="spec99")
     with pytest.raises(ValueError, match="not both"):
         SquidRuntime(tiny_artifact, threshold=0.5, operating_point="spec90")
+
+
+def test_optional_outputs_are_computed_only_on_request_and_never_change_the_scores(
+    tiny_artifact, real_images
+):
+    runtime = SquidRuntime(tiny_artifact)
+    assert runtime.switches == {"reconstruction": "with_reconstruction", "anomaly_map": "with_anomaly_map"}
+    images = real_images["val"]
+    full = runtime.run(images)
+    plain = runtime.run(images, [])
+    assert set(plain) == {"raw_score", "score"}
+    np.testing.assert_array_equal(plain["raw_score"], full["raw_score"])
+    map_only = runtime.run(images, ["anomaly_map"])
+    assert set(map_only) == {"raw_score", "score", "anomaly_map"}
+    np.testing.assert_array_equal(map_only["anomaly_map"], full["anomaly_map"])
+    without = runtime.score(images, with_map=False)
+    with_map = runtime.score(images)
+    assert [r.score for r in without] == [r.score for r in with_map]
+    assert all(r.anomaly_map is None for r in without)
+    with pytest.raises(ValueError, match="without its anomaly map"):
+        without[0].map_or_raise()
+    np.testing.assert_array_equal(with_map[0].map_or_raise(), full["anomaly_map"][0, 0])
+    with pytest.raises(ValueError, match="unknown outputs"):
+        runtime.run(images, ["heatmap"])
+
+
+def test_an_artifact_exported_before_outputs_were_switchable_still_scores(
+    tiny_checkpoint, tiny_artifact, real_images, tmp_path
+):
+    """Artifacts already deployed compute every output on every call; the runtime must keep
+    serving them, maps included, whatever the caller asks for."""
+    state = ckpt.load(tiny_checkpoint)
+    generator, judge = state.build()
+    reference = exporter.reference_map(
+        generator, judge, real_images["train"], state.get_calibration().orientation
+    )
+    chain = exporter.build_chain(state, reference)
+    model = exporter.to_onnx(chain, 64)
+    exporter.attach_metadata(model, exporter.build_metadata(state, chain, "ungated", reference))
+    old = tmp_path / "ungated.onnx"
+    exporter.write_atomically(model, old)
+    runtime = SquidRuntime(old)
+    assert runtime.switches == {}
+    images = real_images["val"]
+    expected = SquidRuntime(tiny_artifact).score(images)
+    for with_map in (True, False):
+        got = runtime.score(images, with_map=with_map)
+        np.testing.assert_allclose([r.score for r in got], [r.score for r in expected], atol=1e-6)
+        assert all((r.anomaly_map is not None) == with_map for r in got)
+
+
+def test_runtime_refuses_an_artifact_with_inputs_it_does_not_know(tiny_artifact, tmp_path):
+    model = onnx.load(str(tiny_artifact))
+    model.graph.input[1].name = "with_something_new"
+    for node in model.graph.node:
+        node.input[:] = ["with_something_new" if n == "with_reconstruction" else n for n in node.input]
+    odd = tmp_path / "odd.onnx"
+    onnx.save(model, str(odd))
+    with pytest.raises(ArtifactError, match="with_something_new"):
+        SquidRuntime(odd)

@@ -77,7 +77,9 @@ def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
         cache: ScoreCache = (
             NullCache() if dicom else RedisScoreCache(state.client, cfg.key_prefix, model_namespace(rt))
         )
-        outcome = score_entries(rt, Path(payload["root"]), entries, cache=cache, max_pixels=cfg.max_pixels)
+        outcome = score_entries(
+            rt, Path(payload["root"]), entries, cache=cache, max_pixels=cfg.max_pixels, with_map=dicom
+        )
         write_started = time.perf_counter()
         if dicom:
             dicom_outputs.write_chunk(
