@@ -3,9 +3,11 @@
 One run, same files, same artifact and thread settings:
 
 - ``inprocess``: ``model.steps.prepare`` + ``infer`` per file in this process, one after the
-  other (what a caller embedding the model would do, with no HTTP, no JSON, no batching);
+  other (what a caller embedding the model would do, with no HTTP, no JSON, no batching), without
+  the anomaly map; ``inprocess_map`` the same with it;
 - ``http-c{1,4,16}``: a real ``squid serve`` subprocess on a free port, driven by C client threads,
-  each with its own keep-alive connection, multipart uploads.
+  each with its own keep-alive connection, multipart uploads; ``http_c1_heatmap`` one client asking
+  for the heatmap (the map computed and drawn as a PNG).
 
 Files: real chest X-rays (ZhangLab JPEGs at 224 px and the scorable real DICOMs of
 ../shared/data/dicom, cycled). Reported per mode: p50/p95 latency (ms) and throughput (images/s);
@@ -78,7 +80,7 @@ def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
 
 
 def bench_inprocess(
-    files: list[bytes], rounds: int, threads: int | None, model: Path | None
+    files: list[bytes], rounds: int, threads: int | None, model: Path | None, with_map: bool
 ) -> dict[str, float]:
     runtime = SquidRuntime(model, intra_op_threads=threads)
     runtime.warmup()
@@ -87,12 +89,14 @@ def bench_inprocess(
     for _ in range(rounds):
         for data in files:
             t0 = time.perf_counter()
-            infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
+            infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)], with_map)
             latencies.append(time.perf_counter() - t0)
     return summary(latencies, time.perf_counter() - start)
 
 
-def bench_http(url: str, files: list[bytes], rounds: int, clients: int) -> dict[str, float]:
+def bench_http(
+    url: str, files: list[bytes], rounds: int, clients: int, heatmap: bool = False
+) -> dict[str, float]:
     work = [data for _ in range(rounds) for data in files]
     shares = [work[i::clients] for i in range(clients)]
     barrier = threading.Barrier(clients)
@@ -104,7 +108,7 @@ def bench_http(url: str, files: list[bytes], rounds: int, clients: int) -> dict[
             barrier.wait()
             for data in share:
                 t0 = time.perf_counter()
-                response = http.post("/score", files={"file": ("x", data)})
+                response = http.post("/score", files={"file": ("x", data)}, params={"heatmap": heatmap})
                 times.append(time.perf_counter() - t0)
                 response.raise_for_status()
         return times
@@ -139,8 +143,9 @@ def main() -> None:
         "rounds": args.rounds,
         "intra_op_threads": args.threads,
     }
-    results["inprocess"] = bench_inprocess(files, args.rounds, args.threads, args.model)
-    print("inprocess", results["inprocess"], flush=True)
+    for mode, with_map in (("inprocess", False), ("inprocess_map", True)):
+        results[mode] = bench_inprocess(files, args.rounds, args.threads, args.model, with_map)
+        print(mode, results[mode], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = {"SQUID_MODEL_PATH": str(args.model.resolve())} if args.model else {}
         threads = str(args.threads)
@@ -149,6 +154,8 @@ def main() -> None:
             for clients in CONCURRENCY:
                 results[f"http_c{clients}"] = bench_http(server.url, files, args.rounds, clients)
                 print(f"http c={clients}", results[f"http_c{clients}"], flush=True)
+            results["http_c1_heatmap"] = bench_http(server.url, files, args.rounds, 1, heatmap=True)
+            print("http c=1 heatmap", results["http_c1_heatmap"], flush=True)
             batches = httpx.get(f"{server.url}/metrics").text
     calls = metric_value(batches, "squid_inference_batch_size_count")
     images = metric_value(batches, "squid_inference_batch_size_sum")
