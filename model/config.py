@@ -64,6 +64,7 @@ class SquidConfig:
     gamma_range: tuple[float, float] = (1.0, 1.0)
     window_jitter: float = 0.0
     blur_sigma_max: float = 0.0
+    noise_sigma_max: float = 0.0
     # Training recipe beyond the thesis (measured in docs/experiments.md; defaults = the thesis).
     ema_decay: float = 0.0
     d_mixed_batches: bool = False

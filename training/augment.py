@@ -36,12 +36,15 @@ def random_intensity(
     window_jitter: float,
     blur_sigma_max: float,
     generator: torch.Generator,
+    noise_sigma_max: float = 0.0,
 ) -> torch.Tensor:
-    """Exposure jitter of normals, so that haze and contrast alone do not look anomalous.
+    """Exposure jitter of normals, so that haze, contrast and detector noise alone do not look
+    anomalous.
 
     A random gamma (a hazier or darker film), a random intensity window (the two ends moved inwards
-    by up to ``window_jitter``) and a random Gaussian blur; the result is min-max normalised again,
-    because serving always feeds the network min-max normalised images.
+    by up to ``window_jitter``), a random Gaussian blur and additive Gaussian noise (sigma drawn up to
+    ``noise_sigma_max`` per image); the result is min-max normalised again, because serving always
+    feeds the network min-max normalised images.
     """
     n = images.shape[0]
     out = images
@@ -56,6 +59,9 @@ def random_intensity(
     if blur_sigma_max > 0:
         sigma = torch.rand(n, generator=generator) * blur_sigma_max
         out = torch.stack([_blur(image, float(s)) for image, s in zip(out, sigma, strict=True)])
+    if noise_sigma_max > 0:
+        sigma = torch.rand(n, generator=generator).view(n, 1, 1, 1) * noise_sigma_max
+        out = out + sigma * torch.randn(out.shape, generator=generator)
     if out is images:
         return images
     flat = out.flatten(1)

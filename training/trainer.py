@@ -190,7 +190,9 @@ class Trainer:
         )
         for i, index in enumerate(bar):
             images = random_affine(self.train_tensor[index], c.translate, c.scale_range, rng)
-            images = random_intensity(images, c.gamma_range, c.window_jitter, c.blur_sigma_max, rng)
+            images = random_intensity(
+                images, c.gamma_range, c.window_jitter, c.blur_sigma_max, rng, c.noise_sigma_max
+            )
             losses = self._step(images, generator_step=i % c.generator_every == 0)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value

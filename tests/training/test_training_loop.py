@@ -219,7 +219,7 @@ def test_ema_checkpoint_scores_with_the_averaged_weights(tmp_path):
     "change",
     [
         {"d_mixed_batches": True},
-        {"gamma_range": (0.6, 1.6), "window_jitter": 0.1, "blur_sigma_max": 1.0},
+        {"gamma_range": (0.6, 1.6), "window_jitter": 0.1, "blur_sigma_max": 1.0, "noise_sigma_max": 0.03},
         {"d_lr_constant": True, "schedule_stretch": 1.5},
     ],
 )
