@@ -11,6 +11,9 @@ from PIL import Image
 
 from model.blockwise import map_rows
 
+# zlib level for PNGs drawn per request (heatmap, preview): fast, a little larger than the best.
+PNG_COMPRESS_LEVEL = 1
+
 # Anchor colours of a perceptually ordered "inferno"-like map, dark (low) to bright (high).
 _ANCHORS = np.array(
     [
@@ -43,10 +46,11 @@ def overlay_png(
     max_side: int = 512,
     vmax: float | None = None,
 ) -> bytes:
-    """:func:`overlay_rgb` as PNG bytes."""
+    """:func:`overlay_rgb` as PNG bytes, compressed for speed: it is drawn per request, where
+    Pillow's ``optimize`` cost ten times the time for a file about 15 % smaller."""
     buffer = io.BytesIO()
     Image.fromarray(overlay_rgb(image, anomaly_map, alpha, max_side, vmax)).save(
-        buffer, format="PNG", optimize=True
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
     )
     return buffer.getvalue()
 

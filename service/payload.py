@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from model.blockwise import map_rows
-from model.heatmap import overlay_png
+from model.heatmap import PNG_COMPRESS_LEVEL, overlay_png
 from model.runtime import ScoreResult, SquidRuntime
 from model.steps import Prepared
 
@@ -63,5 +63,5 @@ def preview_png(pixels: NDArray[Any], max_side: int = 512) -> bytes:
     if scale < 1.0:
         image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
