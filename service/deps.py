@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import (
     APIKeyHeader,
@@ -60,7 +59,7 @@ class AppState:
             if self.runtime is None:
                 self.runtime = await loop.run_in_executor(self.executor, open_runtime, self.settings)
             runtime = self.runtime
-            await loop.run_in_executor(self.executor, warm_up, runtime)
+            await loop.run_in_executor(self.executor, runtime.warmup)
             self.batcher = MicroBatcher(
                 runtime,
                 max_batch=self.settings.max_batch,
@@ -110,12 +109,6 @@ class AppState:
         pixels = min(declared_pixels(data), self.settings.max_pixels * 4)  # a lying header is refused later
         async with self.decode_budget.reserve(pixels * PEAK_BYTES_PER_PIXEL), self.decode_slots:
             return await run_in_threadpool(prepare, data, runtime.preprocessing, self.settings.max_pixels)
-
-
-def warm_up(runtime: SquidRuntime) -> None:
-    """Session initialisation, then one run of the batch shape requests use (never a batch of one)."""
-    runtime.warmup()
-    runtime.score(np.zeros((2, runtime.input_size, runtime.input_size), np.float32))
 
 
 def get_state(request: Request) -> AppState:
