@@ -172,14 +172,21 @@ class JobManager:
         return job_id, job_dir
 
     def submit_folder(
-        self, folder: Path, label: str, *, check_import_root: bool, dicom_out: bool = False
+        self,
+        folder: Path,
+        label: str,
+        *,
+        check_import_root: bool,
+        dicom_out: bool = False,
+        views: bool = False,
     ) -> JobView:
         """A job over ``folder`` (already resolved; checked against the import root by the caller).
 
         ``dicom_out``: also write the SR and SC of every scored DICOM file into the results folder.
+        ``views``: also keep each scored image's viewer pictures (the node's jobs, whose sources go).
         """
         job_id, job_dir = self.new_job()
-        return self._submit(job_id, job_dir, "path", label, folder, check_import_root, dicom_out)
+        return self._submit(job_id, job_dir, "path", label, folder, check_import_root, dicom_out, views)
 
     def submit_path(self, raw: str, dicom_out: bool = False) -> JobView:
         folder = resolve_job_path(raw, self.settings.import_root)
@@ -200,6 +207,7 @@ class JobManager:
         root: Path,
         check_import_root: bool,
         dicom_out: bool = False,
+        views: bool = False,
     ) -> JobView:
         created = now_iso()
         record = {
@@ -209,6 +217,7 @@ class JobManager:
             "label": label,
             "created_at": created,
             "dicom_out": "1" if dicom_out else "0",
+            "views": "1" if views else "0",
         }
         write_record(job_dir, record)
         try:

@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from model.imaging import ImageRejected
-from model.imaging.headers import peek_uids
+from model.imaging.headers import peek_study, peek_uids
 from model.runtime import ScoreResult, SquidRuntime
 from model.steps import Prepared, infer, prepare
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
+from service.payload import preview_png
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "decode", "preprocess", "inference", "write")
+THUMBNAIL_SIDE = 96  # the worklist's thumbnails, drawn while the full-size pixels are still in memory
 # Files larger than max(max_pixels * 8, 256 MiB) are refused unread (no image allowed could be that big).
 BYTES_PER_PIXEL_LIMIT = 8
 MIN_FILE_LIMIT = 256 << 20
@@ -53,6 +55,7 @@ class ChunkOutcome:
     timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     inference_batch: int = 0
     results: dict[str, ScoreResult] = field(default_factory=dict)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # path -> PNG, for each decoded file
 
     def summary(self) -> dict[str, int]:
         return {key: int(self.counts.get(key, 0)) for key in ("scored", "resumed", "skipped", "failed")}
@@ -64,6 +67,7 @@ class _Pending:
     entry: FileEntry
     digest: str
     item: Prepared
+    study: tuple[str, str]  # accession number, study date
 
 
 def score_entries(
@@ -86,16 +90,20 @@ def score_entries(
         if isinstance(result, Row):
             rows[index] = result
         else:
-            digest, item = result
-            pending.append(_Pending(index, entry, digest, item))
+            digest, item, study = result
+            pending.append(_Pending(index, entry, digest, item, study))
     if pending:
         try:
             results, inference_ms = infer(runtime, [p.item for p in pending], with_map)
         except Exception as exc:  # the model failing on a batch fails its files, not the job
             log.exception("inference failed for a batch of %d files", len(pending))
             for p in pending:
-                rows[p.index] = Row.rejected(
-                    p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                rows[p.index] = replace(
+                    Row.rejected(
+                        p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                    ),
+                    accession_number=p.study[0],
+                    study_date=p.study[1],
                 )
         else:
             outcome.timing_ms["inference"] += inference_ms
@@ -103,7 +111,13 @@ def score_entries(
             fresh: dict[str, dict[str, object]] = {}
             for p, res in zip(pending, results, strict=True):
                 uids = _uids(p.item)
-                rows[p.index] = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                row = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                rows[p.index] = replace(
+                    row,
+                    accession_number=p.study[0],
+                    study_date=p.study[1],
+                    warnings=tuple(p.item.decoded.warnings),
+                )
                 outcome.counts["scored"] += 1
                 outcome.results[p.entry.path] = res
                 fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
@@ -126,7 +140,7 @@ def _prepare_one(
     cache: ScoreCache,
     max_pixels: int,
     outcome: ChunkOutcome,
-) -> Row | tuple[str, Prepared]:
+) -> Row | tuple[str, Prepared, tuple[str, str]]:
     version = runtime.metadata.model_version
     if entry.preset:
         return Row.rejected(entry.path, entry.preset, entry.detail, version)
@@ -157,16 +171,24 @@ def _prepare_one(
             key: str(cached.get(key, ""))
             for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
         }
-        return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+        row = _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+        accession, date = peek_study(data)
+        return replace(row, accession_number=accession, study_date=date)
     try:
         item = prepare(data, runtime.preprocessing, max_pixels)
     except ImageRejected as exc:
-        return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
+        row = Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
+        if row.study_instance_uid:
+            accession, date = peek_study(data)
+            row = replace(row, accession_number=accession, study_date=date)
+        return row
     outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
     outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
+    outcome.thumbnails[entry.path] = preview_png(item.decoded.pixels, THUMBNAIL_SIDE)
+    study = peek_study(data) if item.decoded.info.format == "dicom" else ("", "")
     # Keep the model input and the metadata only: a chunk of full-size radiographs would not fit.
     item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
-    return digest, item
+    return digest, item, study
 
 
 def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:

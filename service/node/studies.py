@@ -45,7 +45,9 @@ class StudyScorer:
         from service.jobs.inprocess import run_inprocess
 
         out = self.results_dir(batch)
-        summary = run_inprocess(batch, out, self.settings, runtime=self.runtime, resume=False, dicom_out=True)
+        summary = run_inprocess(
+            batch, out, self.settings, runtime=self.runtime, resume=False, dicom_out=True, views=True
+        )
         if summary.published.missing:
             raise ScoringError("some files have no result row")
         return out
@@ -55,7 +57,9 @@ class StudyScorer:
 
         try:
             manager = JobManager(self.settings)
-            view = manager.submit_folder(batch, "dicom node", check_import_root=False, dicom_out=True)
+            view = manager.submit_folder(
+                batch, "dicom node", check_import_root=False, dicom_out=True, views=True
+            )
             while not view.finished:
                 time.sleep(POLL_S)
                 view = manager.get(view.id)

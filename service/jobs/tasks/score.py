@@ -29,6 +29,7 @@ from service.jobs.walker import FileEntry
 from service.jobs.worker_model import runtime
 from service.jobs.worker_redis import job_state
 from service.settings import Settings, get_settings
+from service.worklist.views import write_views
 
 log = logging.getLogger("service.jobs.tasks")
 
@@ -85,6 +86,9 @@ def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
             dicom_outputs.write_chunk(
                 rt, Path(payload["root"]), outcome.results, store.job_dir, index, cfg.max_pixels
             )
+        if job.get("views") == "1":
+            write_views(rt, Path(payload["root"]), outcome.rows, store.job_dir, cfg.max_pixels)
+        store.write_thumbnails(index, outcome.thumbnails)
         store.write_chunk(index, outcome.rows)
         outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
         _observe(outcome)
