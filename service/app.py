@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import service.api.jobs
 from model.runtime import SquidRuntime
 from service import metrics
-from service.api import docs, health, model_info, page, score
+from service.api import docs, health, model_info, node, page, score, worklist
 from service.deps import AppState, require_api_key
 from service.errors import INTERNAL_ERROR, error_response, install_error_handlers
 from service.http_methods import HeadAndOptions
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, runtime: SquidRuntime | None = 
     app.include_router(score.router, dependencies=protected)
     app.include_router(model_info.router, dependencies=protected)
     app.include_router(service.api.jobs.router, dependencies=protected)
+    app.include_router(worklist.router, dependencies=protected)
+    app.include_router(node.router, dependencies=protected)
     app.include_router(page.router, dependencies=protected)
     app.include_router(docs.router, dependencies=protected)
     app.add_middleware(HeadAndOptions)

@@ -68,3 +68,18 @@ def peek_study(data: bytes) -> tuple[str, str]:
     except Exception:
         return "", ""
     return accession[:64], date[:8] if len(date) >= 8 and date[:8].isdigit() else ""
+
+
+def peek_patient(source: bytes | Path) -> tuple[str, str]:
+    """Patient's Name and Patient ID: only for the worklist of a site that allows showing them
+    (``SQUID_WORKLIST_PATIENT_IDENTIFIERS``); never for results, JSON answers by default, or logs."""
+    tags = ["PatientName", "PatientID"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            where = BytesIO(source) if isinstance(source, bytes) else source
+            ds = dcmread(where, force=True, stop_before_pixels=True, specific_tags=tags)
+        name, patient_id = (str(ds.get(tag, "") or "").strip() for tag in tags)
+    except Exception:
+        return "", ""
+    return name[:128], patient_id[:64]

@@ -8,6 +8,7 @@ reason code and the HTTP status to answer with.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import time
@@ -293,6 +294,31 @@ class JobManager:
         if not path.is_file():
             raise JobError(404, "results_missing", "the result files of this job were removed")
         return path
+
+    def list_jobs(self, offset: int, limit: int) -> tuple[int, list[JobView]]:
+        """Jobs of this results folder, newest first (the web page's list): the total and one page."""
+        records = []
+        for entry in os.scandir(self.results_dir) if self.results_dir.is_dir() else []:
+            if JOB_ID.match(entry.name) and (record := read_record(Path(entry.path))) is not None:
+                records.append((str(record.get("created_at") or ""), entry.name))
+        records.sort(reverse=True)
+        views = []
+        for _, job_id in records[offset : offset + limit]:
+            try:
+                views.append(self.get(job_id))
+            except JobError as exc:
+                if exc.status != 404:  # removed meanwhile: skip; Redis down: say so
+                    raise
+        return len(records), views
+
+    def dicom_archive(self, job_id: str) -> Path:
+        """A zip of a succeeded ``dicom_out`` job's SR and SC files and their index, made once."""
+        view = self.get(job_id)
+        if not view.dicom_out:
+            raise JobError(404, "no_dicom_outputs", "this job was not asked for DICOM outputs (dicom_out)")
+        index = self.result_file(job_id, "dicom", "csv")
+        job_dir = self.job_dir(job_id)
+        return dicom_outputs.archive(job_dir, index)
 
     def copy_results(self, job_id: str, out: Path) -> list[Path]:
         """Copy a succeeded job's result files into ``out`` (``squid batch`` with a broker)."""

@@ -199,7 +199,9 @@ def _scored_row(path: str, version: str, threshold: float, score: float, uids: d
         score=score,
         is_anomalous=bool(score >= threshold),
         threshold=threshold,
-        **uids,
+        study_instance_uid=uids.get("study_instance_uid", ""),
+        series_instance_uid=uids.get("series_instance_uid", ""),
+        sop_instance_uid=uids.get("sop_instance_uid", ""),
     )
 
 

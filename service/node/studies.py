@@ -17,6 +17,7 @@ from pathlib import Path
 from model.runtime import SquidRuntime
 from service.jobs import dicom_outputs
 from service.node.metrics import NodeMetrics
+from service.node.records import record_batch
 from service.node.spool import Spool
 from service.settings import Settings
 
@@ -94,8 +95,14 @@ def image_outcomes(results: Path) -> dict[str, int]:
 def process_batch(
     spool: Spool, scorer: StudyScorer, destinations: list[str], batch: Path, metrics: NodeMetrics
 ) -> int:
-    """Score one batch and queue its results for every destination; returns the objects queued."""
+    """Score one batch, record it for the worklist and queue its results for every destination;
+    returns the objects queued."""
     results = scorer.score(batch)
+    settings = scorer.settings
+    try:
+        record_batch(settings.node_state, batch, results, settings.worklist_patient_identifiers)
+    except Exception as exc:  # the worklist misses the study; the PACS still gets its results
+        log.error("recording a study for the worklist failed: %s", type(exc).__name__)
     files = result_files(results)
     for destination in destinations:
         for path in files:

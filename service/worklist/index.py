@@ -18,7 +18,8 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,7 +108,6 @@ class IndexedImage:
             accession_number=row.accession_number,
             study_date=row.study_date,
             chunk=chunk,
-            **extra,
         )
 
 
@@ -139,6 +139,7 @@ class Page:
 
 
 _IMAGE_COLUMNS = tuple(f.name for f in fields(IndexedImage))
+_IMAGE_VALUES = attrgetter(*_IMAGE_COLUMNS)  # dataclasses.asdict deep-copies: 10x slower here
 _LABEL_CASE = " ".join(f"WHEN sum(label = '{label}') > 0 THEN '{label}'" for label in LABELS)
 _STATUS_CASE = " ".join(f"WHEN sum(status = '{status}') > 0 THEN '{status}'" for status in STATUSES)
 _REFRESH = f"""
@@ -217,7 +218,7 @@ class WorklistIndex:
     @staticmethod
     def put_images(db: sqlite3.Connection, images: Iterable[IndexedImage]) -> set[str]:
         """Insert or replace images by key; the studies touched."""
-        rows = [tuple(asdict(image).values()) for image in images]
+        rows = [_IMAGE_VALUES(image) for image in images]
         marks = ", ".join("?" for _ in _IMAGE_COLUMNS)
         db.executemany(f"INSERT OR REPLACE INTO images ({', '.join(_IMAGE_COLUMNS)}) VALUES ({marks})", rows)
         return {str(row[1]) for row in rows}

@@ -1,0 +1,149 @@
+"""The worklist's page query over a job of 50,000 studies (and a DICOM node's 5,000), on its index.
+
+Usage: python bench/worklist_query.py [--studies 50000] [--node 5000] [--repeat 30]
+                                      [--out bench/results/worklist_query.json]
+
+Writes a job's chunk files the way workers do (32 rows a chunk, one image per study plus some
+studies of several images, 10 % skipped or failed), builds the index from them as the API does on
+the first page (``sync_job_index``), then times queries with the API's own function
+(``query_page``): the first page, a page deep in the list, each filter, each sort, and the job and
+the node merged. Medians (and p95) over ``--repeat`` runs of each, in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.jobs.results import ResultStore  # noqa: E402
+from service.jobs.rows import Row  # noqa: E402
+from service.worklist.index import IndexedImage, PageQuery, WorklistIndex, query_page  # noqa: E402
+from service.worklist.ingest import sync_job_index  # noqa: E402
+
+THRESHOLD = 0.88
+
+
+def make_rows(count: int, rng: random.Random, prefix: str) -> list[Row]:
+    rows = []
+    study = 0
+    while len(rows) < count:
+        study += 1
+        uid = f"1.2.826.0.1.{prefix}.{study}"
+        date = f"2026{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+        for image in range(rng.choice((1, 1, 1, 2, 3))):
+            path = f"{prefix}/{study:06d}/{image}.dcm"
+            common = {
+                "study_instance_uid": uid,
+                "sop_instance_uid": f"{uid}.{image}",
+                "accession_number": f"A{study:07d}",
+                "study_date": date,
+            }
+            roll = rng.random()
+            if roll < 0.05:
+                rows.append(Row(path, "skipped", "bench", reason="lateral_view", **common))
+            elif roll < 0.10:
+                rows.append(Row(path, "failed", "bench", reason="undecodable", **common))
+            else:
+                score = rng.random()
+                rows.append(
+                    Row(
+                        path,
+                        "scored",
+                        "bench",
+                        score=score,
+                        is_anomalous=score >= THRESHOLD,
+                        threshold=THRESHOLD,
+                        **common,
+                    )
+                )
+    return rows[:count]
+
+
+def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    return {
+        "median_ms": round(statistics.median(samples), 3),
+        "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=50_000, help="rows of the job (images)")
+    parser.add_argument("--node", type=int, default=5_000, help="images of the node's index")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "worklist_query.json")
+    args = parser.parse_args()
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        job_dir = Path(tmp) / "job"
+        store = ResultStore(job_dir)
+        rows = make_rows(args.studies, rng, "job")
+        for index in range(0, len(rows), 32):
+            store.write_chunk(index // 32, rows[index : index + 32])
+        start = time.perf_counter()
+        job_index = sync_job_index(job_dir, finished=False)
+        build_s = time.perf_counter() - start
+        unchanged = timed(lambda: sync_job_index(job_dir, finished=False), args.repeat)
+        node_path = Path(tmp) / "node.sqlite3"
+        with WorklistIndex(node_path) as node, node.writing() as db:
+            images = [IndexedImage.from_row(row) for row in make_rows(args.node, rng, "node")]
+            WorklistIndex.refresh_studies(db, WorklistIndex.put_images(db, images))
+        with WorklistIndex(job_index, readonly=True) as index:
+            studies = int(index.db.execute("SELECT count(*) FROM studies").fetchone()[0])
+        job = {"job": job_index}
+        both = {"job": job_index, "node": node_path}
+        cases: dict[str, tuple[dict[str, Path], PageQuery]] = {
+            "first page (score, flagged first)": (job, PageQuery()),
+            "page at offset 25,000": (job, PageQuery(offset=25_000)),
+            "last page": (job, PageQuery(offset=max(0, studies - 50))),
+            "label = anomalous": (job, PageQuery(labels=("anomalous",))),
+            "status = failed": (job, PageQuery(statuses=("failed",))),
+            "study date in March": (job, PageQuery(date_from="20260301", date_to="20260331")),
+            "sorted by study date": (job, PageQuery(sort="study_date")),
+            "sorted by accession, ascending": (job, PageQuery(sort="accession_number", descending=False)),
+            "job + node merged, first page": (both, PageQuery()),
+            "job + node merged, label = normal, offset 10,000": (
+                both,
+                PageQuery(labels=("normal",), offset=10_000),
+            ),
+        }
+        results = {
+            name: timed(lambda s=s, q=q: query_page(s, q), args.repeat) for name, (s, q) in cases.items()
+        }
+    report = {
+        "bench": "worklist_query",
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "images": args.studies,
+        "studies": studies,
+        "node_images": args.node,
+        "page_size": 50,
+        "repeat": args.repeat,
+        "index_build_s": round(build_s, 3),
+        "sync_unchanged": unchanged,
+        "queries": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
