@@ -26,6 +26,7 @@ MISSING_FILE = "missing_file"
 MALFORMED_REQUEST = "malformed_request"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_format"  # same code as unknown content: the client fix is the same
 UNAUTHORIZED = "unauthorized"
+CROSS_ORIGIN = "cross_origin"
 NOT_READY = "not_ready"
 INVALID_REQUEST = "invalid_request"
 INTERNAL_ERROR = "internal_error"
