@@ -54,8 +54,7 @@ class DeadLetterOut(BaseModel):
     destination: str
     name: str
     size: int
-    dead_since: str
-    attempts: int
+    dead_since: str = Field(description="When it was given up on (after SQUID_DICOM_SEND_ATTEMPTS sends).")
 
 
 class DeadLetters(BaseModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.node.spool import attempts_file, fsync_dir, read_attempts
+from service.node.spool import attempts_file, fsync_dir
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class DeadLetter:
     name: str
     size: int
     dead_since: str
-    attempts: int
 
 
 def list_dead_letters(spool_root: Path) -> list[DeadLetter]:
@@ -37,7 +36,6 @@ def list_dead_letters(spool_root: Path) -> list[DeadLetter]:
                 name=path.name,
                 size=info.st_size,
                 dead_since=datetime.fromtimestamp(info.st_mtime, UTC).isoformat(timespec="seconds"),
-                attempts=read_attempts(path),
             )
         )
     return letters

@@ -27,8 +27,13 @@ export function startJobs({ onJobs, onShow }) {
     timer = setTimeout(refresh, jobs.some((job) => ACTIVE.has(job.state)) ? 1000 : 10000);
   }
 
+  let shown = "";
+
   function render(jobs) {
     document.getElementById("jobs-empty").hidden = jobs.length > 0;
+    const signature = JSON.stringify(jobs.map(({ elapsed_s, ...job }) => job));
+    if (signature === shown) return;  // an unchanged list keeps its rows, and the keyboard focus
+    shown = signature;
     body.replaceChildren(...jobs.map(row));
   }
 

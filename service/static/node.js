@@ -40,7 +40,6 @@ export function startNode() {
       document.getElementById("dead-body").replaceChildren(...letters.map((letter) => element("tr", {},
         element("td", { text: letter.destination }),
         element("td", { text: letter.name }),
-        element("td", { text: String(letter.attempts) }),
         element("td", { text: letter.dead_since }),
         element("td", {}, element("button", { type: "button", class: "button secondary", text: "Retry",
           "aria-label": `Send ${letter.name} to ${letter.destination} again`,

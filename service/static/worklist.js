@@ -90,7 +90,15 @@ export function startWorklist({ openStudy }) {
     timer = setTimeout(load, 5000);  // the node and running jobs add studies
   }
 
+  let shown = "";
+
   function render(studies) {
+    // Polling must not rebuild an unchanged table: it would take the keyboard focus away.
+    const signature = JSON.stringify(studies);
+    if (signature === shown) return;
+    shown = signature;
+    const focused = document.activeElement && body.contains(document.activeElement)
+      ? document.activeElement.closest("tr").dataset.study : null;
     body.replaceChildren(...studies.map((study) => {
       const thumb = element("img", { src: url(study.thumbnail_url), alt: "", class: "thumb", loading: "lazy",
         width: "48", height: "48" });
@@ -116,6 +124,8 @@ export function startWorklist({ openStudy }) {
       tr.addEventListener("click", (event) => { if (event.target.tagName !== "BUTTON") openStudy(study); });
       return tr;
     }));
+    const again = focused && [...body.rows].find((row) => row.dataset.study === focused);
+    if (again) again.querySelector("button.open").focus();
   }
 
   function setJobs(jobs) {
