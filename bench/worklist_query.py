@@ -5,7 +5,8 @@ Usage: python bench/worklist_query.py [--studies 50000] [--node 5000] [--repeat 
 
 Writes a job's chunk files the way workers do (32 rows a chunk, one image per study plus some
 studies of several images, 10 % skipped or failed), builds the index from them as the API does on
-the first page (``sync_job_index``), then times queries with the API's own function
+the first page, or the finalizing worker at the end (``sync_job_index``), times the check each page
+request makes on a running and on a finished job, then times queries with the API's own function
 (``query_page``): the first page, a page deep in the list, each filter, each sort, and the job and
 the node merged. Medians (and p95) over ``--repeat`` runs of each, in one process.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -98,9 +100,13 @@ def main() -> None:
         for index in range(0, len(rows), 32):
             store.write_chunk(index // 32, rows[index : index + 32])
         start = time.perf_counter()
-        job_index = sync_job_index(job_dir, finished=False)
+        job_index = sync_job_index(job_dir, finished=False)  # every chunk new: the whole build
         build_s = time.perf_counter() - start
-        unchanged = timed(lambda: sync_job_index(job_dir, finished=False), args.repeat)
+        os.utime(store.chunks, ns=(1, 1))  # the folder settled: no chunk landed for a while
+        sync_job_index(job_dir, finished=False)
+        running = timed(lambda: sync_job_index(job_dir, finished=False), args.repeat)
+        sync_job_index(job_dir, finished=True)  # what the finalizing worker does at the end
+        finished = timed(lambda: sync_job_index(job_dir, finished=True), args.repeat)
         node_path = Path(tmp) / "node.sqlite3"
         with WorklistIndex(node_path) as node, node.writing() as db:
             images = [IndexedImage.from_row(row) for row in make_rows(args.node, rng, "node")]
@@ -137,7 +143,8 @@ def main() -> None:
         "page_size": 50,
         "repeat": args.repeat,
         "index_build_s": round(build_s, 3),
-        "sync_unchanged": unchanged,
+        "sync_running_job_no_new_chunk": running,
+        "sync_finished_job": finished,
         "queries": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -260,7 +260,8 @@ def _manager(state: Any) -> JobManager:
 
 def _synced_job_index(manager: JobManager, job_id: str) -> Path:
     view = manager.get(job_id)  # 404 for an unknown job, 503 when Redis is down
-    return sync_job_index(manager.job_dir(job_id), finished=view.finished)
+    # A cancelled job's running chunks may still land: only the other ends are final for its rows.
+    return sync_job_index(manager.job_dir(job_id), finished=view.state in ("succeeded", "failed"))
 
 
 def _node_index(settings: Settings) -> Path:

@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS studies_rank ON studies (flagged, score, study_key);
 CREATE INDEX IF NOT EXISTS studies_date ON studies (study_date, study_key);
 CREATE INDEX IF NOT EXISTS studies_accession ON studies (accession_number, study_key);
 CREATE INDEX IF NOT EXISTS studies_label ON studies (label, flagged, score, study_key);
+CREATE INDEX IF NOT EXISTS studies_status ON studies (status, flagged, score, study_key);
 CREATE TABLE IF NOT EXISTS chunks (
     chunk INTEGER PRIMARY KEY, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL
 );

@@ -2,18 +2,24 @@
 
 Chunk files are the job's source of truth while it runs (each replaced whole when a chunk is scored
 again), so the index remembers each chunk file's (mtime, size) and re-reads only those that changed.
-Once the job has ended and every chunk is in, the index is marked complete and never scanned again.
+A running job's folder is listed only when its modification time moved (every chunk file lands by
+a rename into it) and that time is older than :data:`SETTLED_NS`, so a rename within the same clock
+tick as the last listing is never missed. Once the job has ended and every chunk is in, the index is
+marked complete and never scanned again; the finalizing worker does that, so that the page does not
+pay for indexing a large job on its first view.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from service.jobs.results import ResultStore
 from service.worklist.index import IndexedImage, WorklistIndex
 
 INDEX_NAME = "worklist.sqlite3"
+SETTLED_NS = 2_000_000_000
 
 
 def job_index_path(job_dir: Path) -> Path:
@@ -26,6 +32,9 @@ def sync_job_index(job_dir: Path, finished: bool) -> Path:
     store = ResultStore(job_dir)
     with WorklistIndex(path) as index:
         if index.meta("complete") == "1":
+            return path
+        folder_stamp = _folder_stamp(store.chunks)
+        if not finished and folder_stamp is not None and index.meta("chunks_folder") == folder_stamp:
             return path
         present = _chunk_stamps(store.chunks)
         if not finished and WorklistIndex.chunks(index.db) == present:
@@ -40,7 +49,18 @@ def sync_job_index(job_dir: Path, finished: bool) -> Path:
             WorklistIndex.refresh_studies(db, touched)
             if finished:
                 WorklistIndex.set_meta(db, "complete", "1")
+            if folder_stamp is not None:
+                WorklistIndex.set_meta(db, "chunks_folder", folder_stamp)
     return path
+
+
+def _folder_stamp(folder: Path) -> str | None:
+    """The chunk folder's modification time, once it is old enough to trust; else None (list it)."""
+    try:
+        mtime = folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+    return str(mtime) if time.time_ns() - mtime > SETTLED_NS else None
 
 
 def _chunk_stamps(folder: Path) -> dict[int, tuple[int, int]]:

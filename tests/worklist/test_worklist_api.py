@@ -195,3 +195,60 @@ def test_state_changes_from_another_origin_are_refused(stack: Stack, job: dict[s
     assert foreign.status_code == cancel.status_code == 403
     assert foreign.json()["error"]["reason"] == "cross_origin"
     assert own.status_code == 200 and reading.status_code == 200
+
+
+def test_a_node_study_scored_on_the_workers_is_recorded_with_its_pictures(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The node's worker path: the job keeps each image's pictures (``views``), the record copies
+    them and the thumbnail, so the study stays viewable after the spool drops its files."""
+    from service.jobs.manager import JobManager
+    from service.node.records import node_index_path, record_batch
+    from service.settings import Settings
+    from service.worklist.index import PageQuery, query_page
+
+    settings = Settings(
+        broker_url=stack.env["SQUID_BROKER_URL"],
+        queue=stack.env["SQUID_QUEUE"],
+        key_prefix=stack.env["SQUID_KEY_PREFIX"],
+        results_dir=Path(stack.env["SQUID_RESULTS_DIR"]),
+        task_time_limit_s=int(stack.env["SQUID_TASK_TIME_LIMIT_S"]),
+        visibility_timeout_s=int(stack.env["SQUID_VISIBILITY_TIMEOUT_S"]),
+    )
+    batch = stack.import_root / "ward-3" / "study-6"
+    manager = JobManager(settings)
+    view = manager.submit_folder(batch, "dicom node", check_import_root=False, dicom_out=True, views=True)
+    view = wait_for(lambda: (v := manager.get(view.id)).finished and v, JOB_WAIT_S, "the node's job")
+    assert view.state == "succeeded"
+    state = tmp_path / "node-state"
+    assert record_batch(state, batch, manager.job_dir(view.id), patient_identifiers=True) == 3
+    page = query_page({"node": node_index_path(state)}, PageQuery())
+    assert [(s["accession_number"], s["images"], s["scored"]) for s in page.studies] == [("ACC0006", 3, 2)]
+    assert page.studies[0]["patient_name"] == "Doe^Jane"  # recorded only because it was asked for
+    pictures = sorted(p.name for p in (state / "views" / page.studies[0]["top_image"]).iterdir())
+    assert pictures == ["film.png", "input.png", "map.png", "reconstruction.png", "thumb.png", "view.json"]
+    assert record_batch(state, batch, manager.job_dir(view.id)) == 3  # sent again: replaced, not added
+    again = query_page({"node": node_index_path(state)}, PageQuery()).studies
+    assert [(s["images"], s["patient_name"]) for s in again] == [(3, "")]
+
+
+def test_patient_identifiers_only_when_the_site_allows(
+    stack: Stack, job: dict[str, object], tmp_path: Path
+) -> None:
+    from tests.jobs.jobs_support import start_api
+
+    api = start_api({**stack.env, "SQUID_WORKLIST_PATIENT_IDENTIFIERS": "true"}, tmp_path / "api.log")
+    try:
+        with api.client() as http:
+            studies = http.get("/worklist", params={"job": job["id"]}).json()["studies"]
+            facets = http.get("/worklist/facets").json()
+    finally:
+        api.stop()
+    scored = [s for s in studies if s["score"] is not None]
+    assert {(s["patient_name"], s["patient_id"]) for s in scored} == {("Doe^Jane", "PID-000001")}
+    assert facets["patient_identifiers"] is True
+    assert "Doe^Jane" not in api.logs()
+    results = Path(stack.env["SQUID_RESULTS_DIR"]) / str(job["id"])
+    # The DICOM results copy the patient module by design (they file into the study); nothing else may.
+    kept = [p for p in results.rglob("*") if p.is_file() and p.suffix not in (".dcm", ".zip")]
+    assert kept and not [p for p in kept if b"Doe^Jane" in p.read_bytes()]  # read from the source when shown

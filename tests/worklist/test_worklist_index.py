@@ -115,3 +115,16 @@ def test_the_index_file_lives_beside_the_results(tmp_path: Path) -> None:
     ResultStore(tmp_path).write_chunk(0, [scored("a", 0.1)])
     assert sync_job_index(tmp_path, finished=False) == job_index_path(tmp_path)
     assert job_index_path(tmp_path).parent == tmp_path
+
+
+def test_a_settled_folder_is_not_listed_until_a_chunk_lands(tmp_path: Path) -> None:
+    """A running job's page does not list thousands of chunk files when none arrived since."""
+    store = ResultStore(tmp_path)
+    store.write_chunk(0, [scored("a/0", 0.2, "1.1")])
+    os.utime(store.chunks, ns=(10**18, 10**18))  # long settled
+    sync_job_index(tmp_path, finished=False)
+    with WorklistIndex(job_index_path(tmp_path), readonly=True) as index:
+        assert index.meta("chunks_folder") == str(10**18)
+    store.write_chunk(1, [scored("b/0", 0.9, "1.2")])  # lands by a rename: the folder's time moves
+    page = query_page({"job": sync_job_index(tmp_path, finished=False)}, PageQuery())
+    assert keys(page.studies) == ["1.2", "1.1"]
