@@ -38,6 +38,9 @@ def sync_job_index(job_dir: Path, finished: bool) -> Path:
             return path
         present = _chunk_stamps(store.chunks)
         if not finished and WorklistIndex.chunks(index.db) == present:
+            if folder_stamp is not None:  # nothing new, and the folder settled: no listing next time
+                with index.writing() as db:
+                    WorklistIndex.set_meta(db, "chunks_folder", folder_stamp)
             return path
         with index.writing() as db:
             known = WorklistIndex.chunks(db)  # again, under the write lock: another process may have synced

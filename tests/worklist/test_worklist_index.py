@@ -121,7 +121,8 @@ def test_a_settled_folder_is_not_listed_until_a_chunk_lands(tmp_path: Path) -> N
     """A running job's page does not list thousands of chunk files when none arrived since."""
     store = ResultStore(tmp_path)
     store.write_chunk(0, [scored("a/0", 0.2, "1.1")])
-    os.utime(store.chunks, ns=(10**18, 10**18))  # long settled
+    sync_job_index(tmp_path, finished=False)
+    os.utime(store.chunks, ns=(10**18, 10**18))  # long settled, and nothing new since
     sync_job_index(tmp_path, finished=False)
     with WorklistIndex(job_index_path(tmp_path), readonly=True) as index:
         assert index.meta("chunks_folder") == str(10**18)
