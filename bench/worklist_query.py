@@ -8,7 +8,8 @@ studies of several images, 10 % skipped or failed), builds the index from them a
 the first page, or the finalizing worker at the end (``sync_job_index``), times the check each page
 request makes on a running and on a finished job, then times queries with the API's own function
 (``query_page``): the first page, a page deep in the list, each filter, each sort, and the job and
-the node merged. Medians (and p95) over ``--repeat`` runs of each, in one process.
+the node merged; and ``GET /worklist`` through the app. Medians (and p95) over ``--repeat`` runs of
+each, in one process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -85,6 +87,29 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
     }
 
 
+def http_pages(index: Path, state_dir: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """``GET /worklist`` through the FastAPI app (validation, SQL, response model, JSON), with the
+    50,000-row index as the node's (no broker needed); the app's model is not loaded for it."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.node.records import node_index_path
+    from service.settings import Settings
+
+    state_dir.mkdir()
+    shutil.copy(index, node_index_path(state_dir))
+    client = TestClient(create_app(Settings(node_state_dir=state_dir)))
+
+    def get(params: str) -> None:
+        response = client.get(f"/worklist?{params}")
+        assert response.status_code == 200, response.text
+
+    return {
+        "first page of 50": timed(lambda: get("limit=50"), repeat),
+        "label=anomalous, page 100 of 50": timed(lambda: get("label=anomalous&offset=5000&limit=50"), repeat),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=50_000, help="rows of the job (images)")
@@ -133,6 +158,7 @@ def main() -> None:
         results = {
             name: timed(lambda s=s, q=q: query_page(s, q), args.repeat) for name, (s, q) in cases.items()
         }
+        http = http_pages(job_index, Path(tmp) / "state", args.repeat)
     report = {
         "bench": "worklist_query",
         "machine": platform.machine(),
@@ -146,6 +172,7 @@ def main() -> None:
         "sync_running_job_no_new_chunk": running,
         "sync_finished_job": finished,
         "queries": results,
+        "http_get_worklist": http,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
