@@ -252,3 +252,35 @@ def test_patient_identifiers_only_when_the_site_allows(
     # The DICOM results copy the patient module by design (they file into the study); nothing else may.
     kept = [p for p in results.rglob("*") if p.is_file() and p.suffix not in (".dcm", ".zip")]
     assert kept and not [p for p in kept if b"Doe^Jane" in p.read_bytes()]  # read from the source when shown
+
+
+def test_the_new_endpoints_are_documented_with_response_models(stack: Stack) -> None:
+    with stack.api.client() as http:
+        spec = http.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path, model in (
+        ("/worklist", "WorklistPage"),
+        ("/worklist/facets", "WorklistFacets"),
+        ("/jobs", "JobList"),
+        ("/jobs/{job_id}/studies/{study_key}", "StudyDetail"),
+        ("/jobs/{job_id}/images/{image_key}/view", "ImageViewOut"),
+        ("/node/studies/{study_key}", "StudyDetail"),
+        ("/node/health", "NodeHealth"),
+        ("/node/dead-letters", "DeadLetters"),
+    ):
+        schema = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith(f"/{model}"), path
+    assert "/node/dead-letters/retry" in paths and "/jobs/{job_id}/dicom.zip" in paths
+    parameters = {p["name"] for p in paths["/worklist"]["get"]["parameters"]}
+    assert parameters >= {
+        "job",
+        "node",
+        "label",
+        "status",
+        "date_from",
+        "date_to",
+        "sort",
+        "order",
+        "offset",
+        "limit",
+    }

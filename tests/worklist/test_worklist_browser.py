@@ -19,6 +19,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from tests.jobs.jobs_support import wait_for
 from tests.worklist.browser_support import (
     CHROMEDRIVER,
     CHROMIUM,
@@ -227,3 +228,47 @@ def test_the_accessibility_check_finds_what_it_is_for(browser: Any, stack: Stack
     )
     found = {violation["id"] for violation in axe_violations(browser, axe, "#bad")}
     assert {"color-contrast", "button-name"} <= found
+
+
+def test_a_protected_server_gives_the_signed_in_page_everything_without_a_key_in_urls(
+    browser: Any, stack: Stack, tmp_path: Path
+) -> None:
+    """HTTP Basic, asked once: fetches and thumbnails (plain ``<img src>``) carry the credentials the
+    browser signed in with; no request the page makes names the key; a bad folder is explained."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.jobs.jobs_support import start_api
+    from tests.service.http_support import API_KEY
+
+    api = start_api({**stack.env, "SQUID_API_KEY": API_KEY}, tmp_path / "api.log")
+    try:
+        with api.client() as http:  # a job of its own, whatever ran before
+            http.headers["X-API-Key"] = API_KEY
+            job = http.post("/jobs", json={"path": "ward-3"}).json()
+            wait_for(lambda: http.get(f"/jobs/{job['id']}").json()["state"] == "succeeded", WAIT_S, "the job")
+        wait = WebDriverWait(browser, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
+        browser.get(api.url.replace("http://", f"http://squid:{API_KEY}@") + "/")
+        wait.until(lambda d: len(rows(d)) > 0)
+        wait.until(
+            lambda d: d.execute_script(
+                "const img = document.querySelector('#worklist-body img');"
+                "return img.complete && img.naturalWidth === 96;"
+            )
+        )
+        rows(browser)[0].find_element(By.CSS_SELECTOR, "button.open").click()
+        wait.until(lambda d: d.execute_script(LOADED, "viewer-map"))
+        browser.find_element(By.ID, "viewer-close").click()
+        browser.find_element(By.ID, "job-path").send_keys("../../etc")
+        browser.find_element(By.CSS_SELECTOR, "#job-form button[type=submit]").click()
+        wait.until(lambda d: "path forbidden" in d.find_element(By.ID, "job-status").text)
+        # What the page's code requests (the address typed with user:key@ is the test's sign-in).
+        urls = browser.execute_script(
+            "return performance.getEntriesByType('resource')"
+            ".filter((e) => ['fetch', 'img'].includes(e.initiatorType)).map((e) => e.name)"
+        )
+        assert any("/thumbnail" in u for u in urls) and any("/view" in u for u in urls)
+        assert not [u for u in urls if API_KEY in u]
+    finally:
+        api.stop()
