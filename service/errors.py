@@ -66,6 +66,14 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+def documented_errors(*statuses: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each with its description and the error body."""
+    return {
+        code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for code, text in statuses
+    }
+
+
 class ApiError(Exception):
     """Raise anywhere in a request to answer ``status`` with the standard error body.
 

@@ -19,12 +19,12 @@ from starlette.requests import ClientDisconnect
 
 from service.deps import JobManagerDep
 from service.errors import (
-    ERROR_SCHEMA,
     INVALID_REQUEST,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
     ApiError,
     client_closed,
+    documented_errors,
 )
 from service.jobs.archive import check_archive, remove_tree
 from service.jobs.manager import JobManager, JobView
@@ -126,18 +126,15 @@ _POST_BODY: dict[str, Any] = {
         },
     }
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for code, text in (
-        (403, "path outside SQUID_IMPORT_ROOT (also via '..' or symlinks), or folder jobs disabled"),
-        (404, "no such folder / job"),
-        (409, "job not finished (results) or already finished (cancel)"),
-        (413, "zip upload or its uncompressed content too large"),
-        (415, "body is neither JSON nor a zip archive"),
-        (422, "invalid path or body"),
-        (503, "no broker configured, or Redis unreachable"),
-    )
-}
+_ERRORS = documented_errors(
+    (403, "path outside SQUID_IMPORT_ROOT (also via '..' or symlinks), or folder jobs disabled"),
+    (404, "no such folder / job"),
+    (409, "job not finished (results) or already finished (cancel)"),
+    (413, "zip upload or its uncompressed content too large"),
+    (415, "body is neither JSON nor a zip archive"),
+    (422, "invalid path or body"),
+    (503, "no broker configured, or Redis unreachable"),
+)
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut, openapi_extra=_POST_BODY, responses=_ERRORS)

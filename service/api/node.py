@@ -7,13 +7,11 @@ The node (``squid listen``) is another process; it writes its health under the n
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.deps import StateDep
-from service.errors import ERROR_SCHEMA, ApiError
+from service.errors import ApiError, documented_errors
 from service.node.dead_letters import list_dead_letters, retry
 from service.node.health import STALE_S, read_health
 
@@ -72,12 +70,7 @@ class RetryResult(BaseModel):
     retried: list[DeadLetterOut]
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {
-        "description": "the node has not run here (no health written), or no such dead letter",
-        "content": {"application/json": {"schema": ERROR_SCHEMA}},
-    }
-}
+_ERRORS = documented_errors((404, "the node has not run here (no health written), or no such dead letter"))
 
 
 @router.get("/node/health", response_model=NodeHealth, responses=_ERRORS)

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model.imaging.headers import peek_patient
 from service.deps import JobManagerDep, StateDep
-from service.errors import ERROR_SCHEMA, ApiError
+from service.errors import ApiError, documented_errors
 from service.jobs.manager import JobManager
 from service.jobs.results import ResultStore
 from service.jobs.walker import resolve_inside
@@ -35,15 +35,12 @@ from service.worklist.views import ImageView, read_view, render_view
 router = APIRouter(tags=["worklist"])
 
 Source = Literal["job", "node"]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for code, text in (
-        (404, "no such job, study or image"),
-        (410, "the image's source file is gone (zip jobs drop theirs when they end)"),
-        (422, "invalid filter, or the source file cannot be read as an image any more"),
-        (503, "no broker configured (jobs), Redis unreachable, or the model still loading (views)"),
-    )
-}
+_ERRORS = documented_errors(
+    (404, "no such job, study or image"),
+    (410, "the image's source file is gone (zip jobs drop theirs when they end)"),
+    (422, "invalid filter, or the source file cannot be read as an image any more"),
+    (503, "no broker configured (jobs), Redis unreachable, or the model still loading (views)"),
+)
 PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "a PNG"}}
 
 

@@ -1,4 +1,4 @@
-"""Chromium for the worklist page tests, a ``squid listen`` beside the API, and axe-core from npm."""
+"""A ``squid listen`` beside the API for the worklist page tests, and axe-core from npm."""
 
 from __future__ import annotations
 
@@ -17,37 +17,7 @@ from tests.jobs.jobs_support import REPO_ROOT, wait_for
 from tests.net_support import free_port
 from tests.node.orthanc_support import echo
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 NODE_AE = "SQUID"
-
-
-@contextmanager
-def chromium(profile: Path, width: int = 1280, height: int = 1400) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--window-size={width},{height}",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @contextmanager

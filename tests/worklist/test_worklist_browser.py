@@ -19,16 +19,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from tests.browser_support import CHROMEDRIVER, CHROMIUM, chromium
 from tests.jobs.jobs_support import wait_for
-from tests.worklist.browser_support import (
-    CHROMEDRIVER,
-    CHROMIUM,
-    NODE_AE,
-    axe_source,
-    axe_violations,
-    chromium,
-    listening,
-)
+from tests.worklist.browser_support import NODE_AE, axe_source, axe_violations, listening
 from tests.worklist.conftest import Stack
 
 STORESCU = shutil.which("storescu")
