@@ -8,7 +8,8 @@ studies of several images, 10 % skipped or failed), builds the index from them a
 the first page, or the finalizing worker at the end (``sync_job_index``), times the check each page
 request makes on a running and on a finished job, then times queries with the API's own function
 (``query_page``): the first page, a page deep in the list, each filter, each sort, and the job and
-the node merged; and ``GET /worklist`` through the app. Medians (and p95) over ``--repeat`` runs of
+the node merged; ``GET /worklist`` through the app; and what scoring a file now also does for the
+worklist (thumbnail, accession and date), next to its decode. Medians (and p95) over ``--repeat`` runs of
 each, in one process.
 """
 
@@ -110,6 +111,30 @@ def http_pages(index: Path, state_dir: Path, repeat: int) -> dict[str, dict[str,
     }
 
 
+def per_file_cost(repeat: int) -> dict[str, dict[str, float]]:
+    """What scoring a file now also does for the worklist (a 96 px thumbnail of the decoded pixels and
+    a header read of the accession number and study date), beside the decode it follows."""
+    import numpy as np
+
+    from model.imaging import read_image
+    from model.imaging.headers import peek_study
+    from service.jobs.scoring import THUMBNAIL_SIDE
+    from service.payload import thumbnail_png
+    from tests.dicom_factory import make_dicom
+
+    costs = {}
+    for side in (224, 2048):
+        ramp = (np.add.outer(np.arange(side), np.arange(side)) % 4096).astype(np.uint16)
+        data = make_dicom(ramp, bits_stored=12, extra={"AccessionNumber": "A1", "StudyDate": "20261207"})
+        pixels = read_image(data, max_pixels=100_000_000).pixels
+        costs[f"{side} px"] = {
+            "decode_ms": timed(lambda d=data: read_image(d, max_pixels=100_000_000), repeat)["median_ms"],
+            "thumbnail_ms": timed(lambda p=pixels: thumbnail_png(p, THUMBNAIL_SIDE), repeat)["median_ms"],
+            "study_header_ms": timed(lambda d=data: peek_study(d), repeat)["median_ms"],
+        }
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=50_000, help="rows of the job (images)")
@@ -173,6 +198,7 @@ def main() -> None:
         "sync_finished_job": finished,
         "queries": results,
         "http_get_worklist": http,
+        "per_file_cost_in_scoring": per_file_cost(min(args.repeat, 15)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -23,7 +23,7 @@ from model.steps import Prepared, infer, prepare
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
-from service.payload import preview_png
+from service.payload import thumbnail_png
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _prepare_one(
         return row
     outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
     outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
-    outcome.thumbnails[entry.path] = preview_png(item.decoded.pixels, THUMBNAIL_SIDE)
+    outcome.thumbnails[entry.path] = thumbnail_png(item.decoded.pixels, THUMBNAIL_SIDE)
     study = peek_study(data) if item.decoded.info.format == "dicom" else ("", "")
     # Keep the model input and the metadata only: a chunk of full-size radiographs would not fit.
     item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
