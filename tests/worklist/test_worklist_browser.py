@@ -120,6 +120,12 @@ def test_a_job_ranked_opened_and_a_node_study_found(
     wait.until(lambda d: [x for x in dates(d) if x != "–"][:2] == ["2026-12-01", "2026-12-02"])
     browser.find_element(By.CSS_SELECTOR, "th[data-sort=score] button").click()
     wait.until(lambda d: rows(d)[0].get_attribute("data-study") == api[0]["study_key"])
+    # Filter by label (the boxes come from /worklist/facets), then clear it.
+    browser.find_element(By.ID, "label-anomalous").click()
+    flagged = [s["study_key"] for s in api if s["label"] == "anomalous"]
+    wait.until(lambda d: [r.get_attribute("data-study") for r in rows(d)] == flagged)
+    browser.find_element(By.ID, "label-anomalous").click()
+    wait.until(lambda d: len(rows(d)) == 7)
     browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(folder / "worklist.png"))
 
