@@ -15,13 +15,13 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from model.imaging.headers import peek_patient
-from service.deps import JobManagerDep, StateDep
+from service.deps import AppState, JobManagerDep, StateDep, get_job_manager
 from service.errors import ApiError, documented_errors
 from service.jobs.manager import JobManager
 from service.jobs.results import ResultStore
@@ -134,7 +134,6 @@ def facets(state: StateDep) -> WorklistFacets:
 
 @router.get("/worklist", response_model=WorklistPage, responses=_ERRORS)
 def worklist(
-    request: Request,
     state: StateDep,
     job: Annotated[str | None, Query(description="A job's id: its studies are listed.")] = None,
     node: Annotated[bool, Query(description="List the studies the DICOM node scored.")] = True,
@@ -178,16 +177,16 @@ def worklist(
 
 
 @router.get("/jobs/{job_id}/studies/{study_key}", response_model=StudyDetail, responses=_ERRORS)
-def job_study(job_id: str, study_key: str, request: Request, state: StateDep) -> StudyDetail:
+def job_study(job_id: str, study_key: str, state: StateDep) -> StudyDetail:
     """A job's study with the scores and reasons of each of its images."""
     path = _synced_job_index(_manager(state), job_id)
-    return _study_detail(request, state, path, "job", study_key, job_id)
+    return _study_detail(state, path, "job", study_key, job_id)
 
 
 @router.get("/node/studies/{study_key}", response_model=StudyDetail, responses=_ERRORS)
-def node_study(study_key: str, request: Request, state: StateDep) -> StudyDetail:
+def node_study(study_key: str, state: StateDep) -> StudyDetail:
     """A study the DICOM node scored, with the scores and reasons of each of its images."""
-    return _study_detail(request, state, _node_index(state.settings), "node", study_key, None)
+    return _study_detail(state, _node_index(state.settings), "node", study_key, None)
 
 
 @router.get("/jobs/{job_id}/images/{image_key}/thumbnail", responses={**_ERRORS, **PNG})
@@ -249,9 +248,7 @@ def _checked(name: str, values: list[str] | None, allowed: tuple[str, ...]) -> t
     return tuple(values or ())
 
 
-def _manager(state: Any) -> JobManager:
-    from service.deps import get_job_manager
-
+def _manager(state: AppState) -> JobManager:
     return get_job_manager(state)
 
 
@@ -276,7 +273,7 @@ def _image(index_path: Path, image_key: str) -> dict[str, Any]:
     return image
 
 
-def _job_root(state: Any, job_id: str) -> Path | None:
+def _job_root(state: AppState, job_id: str) -> Path | None:
     """The folder a job's paths are relative to (its manifest's), when its files are still there."""
     manifest = ResultStore(_manager(state).job_dir(job_id)).read_manifest() or {}
     root = Path(str(manifest.get("root", "")))
@@ -284,7 +281,7 @@ def _job_root(state: Any, job_id: str) -> Path | None:
 
 
 def _study_detail(
-    request: Request, state: Any, index_path: Path, source: str, study_key: str, job_id: str | None
+    state: AppState, index_path: Path, source: str, study_key: str, job_id: str | None
 ) -> StudyDetail:
     with WorklistIndex(index_path, readonly=True) as index:
         found = index.study(study_key)
