@@ -250,7 +250,12 @@ def test_invalid_source_values_are_dropped_not_copied(
     ],
 )
 def test_common_header_values_highdicom_refuses_are_left_out_not_a_reason_to_drop_the_result(
-    runtime: SquidRuntime, model: ModelInfo, tmp_path: Path, extra: dict[str, str], sex: str, charset: str | None
+    runtime: SquidRuntime,
+    model: ModelInfo,
+    tmp_path: Path,
+    extra: dict[str, str],
+    sex: str,
+    charset: str | None,
 ) -> None:
     upload = make_dicom(chest_like(), modality="CR", extra={"PatientSex": "M", **extra})
     decoded, result = score(runtime, upload)
