@@ -1,0 +1,96 @@
+"""What an oversized or unstorable C-STORE costs the node (issue 25, defects 3 and 4).
+
+A 300 MB instance against a 50 MB association limit, sent by dcmtk's storescu, must be refused without
+the node holding it in memory; a 60 MB instance on a 40 MB spool (a real size-limited tmpfs, mounted
+in a user namespace for the node alone) must leave no half-written file behind, so the next instance
+is stored.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from tests.jobs.jobs_support import wait_for
+from tests.node.node_peers import instances, store
+from tests.node.orthanc_support import NODE_AE, NodeProcess
+
+pytestmark = pytest.mark.timeout(600)
+
+STORESCU = shutil.which("storescu")
+WAIT_S = 120.0
+
+
+def can_mount_in_a_user_namespace() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"]
+    return subprocess.run(probe, capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def large_instance(source: Path, target: Path, megabytes: int) -> Path:
+    """A real DX header with ``megabytes`` of (black) 8-bit pixels, as one new instance."""
+    ds = dcmread(source)
+    ds.Rows = 16384
+    ds.Columns = megabytes * 1024 * 1024 // ds.Rows
+    ds.PixelData = bytes(ds.Rows * ds.Columns)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def storescu(port: int, path: Path) -> subprocess.CompletedProcess[str]:
+    assert STORESCU is not None
+    command = [STORESCU, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", str(port), str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident size so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu not installed (scripts/test.sh installs it)")
+def test_a_refused_300_mb_instance_costs_the_node_a_few_times_the_limit(
+    tmp_path: Path, launch_node: Callable[..., NodeProcess], dx_file: Path
+) -> None:
+    big = large_instance(dx_file, tmp_path / "big.dcm", 300)
+    node = launch_node(SQUID_DICOM_MAX_ASSOCIATION_MB="50")
+    assert node.process is not None
+    before = peak_rss_mb(node.process.pid)
+    storescu(node.port, big)
+    grown = peak_rss_mb(node.process.pid) - before
+    assert grown < 3 * 50, f"the node's peak memory grew by {grown:.0f} MB for a refused instance"
+    too_large = {"outcome": "rejected", "reason": "association_too_large"}
+    assert node.metric("squid_node_instances_total", too_large) == 1
+    assert not node.spool_files("incoming") and not node.spool_files("scoring")
+    wait_for(lambda: not list((node.workdir / "spool" / "tmp").iterdir()), WAIT_S, "spool/tmp emptied")
+    assert store(node.port, instances(dx_file, 1)) == [0]
+
+
+@pytest.mark.skipif(
+    not can_mount_in_a_user_namespace(), reason="cannot mount a tmpfs in a user namespace (unshare -rm)"
+)
+def test_a_full_spool_keeps_no_half_written_file_and_stores_the_next_instance(
+    tmp_path: Path, launch_node: Callable[..., NodeProcess], dx_file: Path
+) -> None:
+    spool = tmp_path / "small-disk"
+    spool.mkdir()
+    mount = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=40m tmpfs "$1" && shift && exec "$@"']
+    node = launch_node([*mount, "sh", str(spool)], SQUID_DICOM_SPOOL_DIR=str(spool))
+    assert node.process is not None
+    inside = Path(f"/proc/{node.process.pid}/root") / spool.relative_to("/")  # the node's own view
+    big = dcmread(large_instance(dx_file, tmp_path / "big.dcm", 60))  # more than the whole spool
+    assert store(node.port, [big]) != [0]
+    wait_for(lambda: not list((inside / "tmp").iterdir()), WAIT_S, "the half-written file removed")
+    assert store(node.port, instances(dx_file, 1)) == [0]
+    assert node.metric("squid_node_instances_total", {"outcome": "stored"}) == 1
