@@ -17,11 +17,11 @@ import warnings
 from copy import deepcopy
 from io import BytesIO
 
+from highdicom import PatientSexValues
+from highdicom.valuerep import _check_specific_character_set  # what highdicom applies to the source
 from pydicom import config, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from highdicom import PatientSexValues
-from highdicom.valuerep import _check_specific_character_set  # what highdicom applies to the source
 from pydicom.valuerep import validate_value
 
 from .errors import NotBuilt, Skip
