@@ -11,6 +11,7 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,6 +81,40 @@ def test_one_peer_holds_at_most_its_share_of_connections_and_others_are_served(
         for sock in flood:
             sock.close()
     assert node.metric("squid_node_connections_total", {"outcome": "evicted", "reason": "peer_limit"}) >= 8
+
+
+def test_a_peer_whose_connections_are_all_associated_is_refused_and_slots_are_capped(
+    launch_node: Callable[..., NodeProcess],
+) -> None:
+    from pynetdicom import AE
+
+    node = launch_node(
+        SQUID_DICOM_MAX_CONNECTIONS_PER_PEER="2",
+        SQUID_DICOM_MAX_CONNECTIONS="6",
+        SQUID_DICOM_MAX_ASSOCIATIONS="3",
+    )
+
+    def associate(source: str) -> Any:
+        ae = AE(ae_title="ECHOSCU")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.acse_timeout = ae.network_timeout = 60
+        return ae.associate("127.0.0.1", node.port, ae_title=NODE_AE, bind_address=(source, 0))
+
+    held = [associate(OTHER_HOST), associate(OTHER_HOST), associate("127.0.0.1")]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        refused = connect(node.port, OTHER_HOST)  # nothing of this peer's is idle: no room
+        assert wait_closed([refused], WAIT_S)
+        refused.close()
+        assert not associate("127.0.0.3").is_established  # all three slots taken
+        held.pop().release()
+        wait_for(lambda: echo("127.0.0.1", node.port, NODE_AE), WAIT_S, "a freed slot")
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert node.metric("squid_node_connections_total", {"outcome": "refused", "reason": "peer_limit"}) == 1
+    no_slot = {"outcome": "rejected", "reason": "no_association_slot"}
+    assert node.metric("squid_node_associations_total", no_slot) == 1
 
 
 def test_a_pdu_longer_than_the_maximum_closes_the_connection_before_it_is_read(
