@@ -81,7 +81,7 @@ def _objects(
             return []
         built = build_for_upload(data, decoded, result, model)
     except (NotBuilt, ImageRejected) as exc:  # ImageRejected: the file changed since it was scored
-        log.warning("no SR/SC for a scored image", extra={"reason": exc.reason, "detail": exc.detail})
+        log.warning("no SR/SC for a scored image: %s", exc.reason, extra={"detail": exc.detail})
         return [_row(path, "", reason=exc.reason, detail=exc.detail)]
     source_uid = decoded.info.sop_instance_uid or ""
     return [

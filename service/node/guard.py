@@ -109,7 +109,7 @@ class ConnectionGuard:
                 oldest = next((c for c in holding if not c.associated), None)
                 if oldest is None:
                     self.metrics.connections.labels("refused", reason).inc()
-                    log.warning("connection refused", extra={"reason": reason, "peer": peer})
+                    log.warning("connection from %s refused at the %s cap", peer, reason)
                     return None
                 self.open.remove(oldest)
                 oldest.close()
@@ -156,7 +156,7 @@ class BoundedSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         limit = max(int(self.assoc.acceptor.maximum_length or 0), REQUEST_PDU_BYTES)
         if nr_bytes > limit:
-            log.warning("PDU over the size limit: connection closed", extra={"bytes": nr_bytes})
+            log.warning("a PDU of %d bytes is over the limit of %d: connection closed", nr_bytes, limit)
             raise OSError(f"a PDU of {nr_bytes} bytes is over the limit of {limit}")
         return super().recv(nr_bytes)
 
@@ -222,7 +222,7 @@ class GuardedServer(ThreadedAssociationServer):
                 request.do_handshake()
             self.finish_request(request, client_address)
         except Exception as exc:  # a failed handshake, a peer gone: this connection only
-            log.info("connection ended early", extra={"error": type(exc).__name__, "peer": client_address[0]})
+            log.info("connection from %s ended early: %s", client_address[0], type(exc).__name__)
             self.shutdown_request(request)
         finally:
             if connection is not None:

@@ -56,7 +56,7 @@ class KeptResults:
             except FileNotFoundError:
                 continue
         if removed:
-            log.info("kept results swept", extra={"objects": removed})
+            log.info("%d kept result objects swept", removed)
         return removed
 
     def sweep_when_due(self) -> None:

@@ -177,7 +177,7 @@ class Admission:
         else:
             return
         self.metrics.associations.labels("rejected", reason).inc()
-        log.warning("association rejected", extra={"reason": reason, "calling_ae": calling})
+        log.warning("association from calling AE %r rejected: %s", calling, reason)
         assoc.acse.send_reject(*rejection)
         assoc.kill()  # as pynetdicom does after its own rejections: waits until the A-ASSOCIATE-RJ is out
 

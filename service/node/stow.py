@@ -66,13 +66,8 @@ def stored_flags(status: int, content_type: str, body: bytes, uids: Sequence[str
     failed = {_uid(item) for item in _items(answer, FAILED_SOP_SEQUENCE)}
     for item in _items(answer, FAILED_SOP_SEQUENCE):
         reason = (item.get(FAILURE_REASON, {}).get("Value") or [None])[0]
-        log.warning(
-            "STOW-RS refused an instance",
-            extra={
-                "status": status,
-                "failure_reason": f"0x{reason:04X}" if isinstance(reason, int) else None,
-            },
-        )
+        code = f"0x{reason:04X}" if isinstance(reason, int) else "not given"
+        log.warning("STOW-RS (HTTP %d) refused an instance, failure reason %s", status, code)
     return [uid in stored and uid not in failed for uid in uids]
 
 
