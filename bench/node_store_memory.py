@@ -16,39 +16,18 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import generate_uid
-
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "dicom" / "highdicom" / "dx_image.dcm"
+sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
-
-
-def instance(target: Path, megabytes: int) -> Path:
-    ds = dcmread(SOURCE)
-    ds.Rows = 16384
-    ds.Columns = megabytes * 1024 * 1024 // ds.Rows
-    ds.PixelData = bytes(ds.Rows * ds.Columns)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.save_as(target, enforce_file_format=True)
-    return target
+from tests.net_support import free_port  # noqa: E402
+from tests.node.node_peers import large_instance, peak_rss_mb  # noqa: E402
 
 
 def measure(work: Path, image: Path, limit_mb: str | None) -> dict[str, object]:
@@ -104,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="squid-node-bench-") as scratch:
         root = Path(scratch)
         for size in args.sizes:
-            image = instance(root / f"{size}.dcm", size)
+            image = large_instance(SOURCE, root / f"{size}.dcm", size)
             for limit in ("50", None):
                 work = root / f"{size}-{limit or 'default'}"
                 work.mkdir()

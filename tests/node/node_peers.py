@@ -39,6 +39,25 @@ def instances(source: Path, count: int) -> list[Dataset]:
     return made
 
 
+def large_instance(source: Path, target: Path, megabytes: int) -> Path:
+    """A real DX header with ``megabytes`` of (black) 8-bit pixels, as one new instance."""
+    ds = dcmread(source)
+    ds.Rows = 16384
+    ds.Columns = megabytes * 1024 * 1024 // ds.Rows
+    ds.PixelData = bytes(ds.Rows * ds.Columns)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident size so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
 def store(
     port: int,
     datasets: Sequence[Dataset],

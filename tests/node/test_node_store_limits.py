@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 
 from tests.jobs.jobs_support import wait_for
-from tests.node.node_peers import instances, store
+from tests.node.node_peers import instances, large_instance, peak_rss_mb, store
 from tests.node.orthanc_support import NODE_AE, NodeProcess
 
 pytestmark = pytest.mark.timeout(600)
@@ -35,29 +34,10 @@ def can_mount_in_a_user_namespace() -> bool:
     return subprocess.run(probe, capture_output=True, timeout=30, check=False).returncode == 0
 
 
-def large_instance(source: Path, target: Path, megabytes: int) -> Path:
-    """A real DX header with ``megabytes`` of (black) 8-bit pixels, as one new instance."""
-    ds = dcmread(source)
-    ds.Rows = 16384
-    ds.Columns = megabytes * 1024 * 1024 // ds.Rows
-    ds.PixelData = bytes(ds.Rows * ds.Columns)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.save_as(target, enforce_file_format=True)
-    return target
-
-
 def storescu(port: int, path: Path) -> subprocess.CompletedProcess[str]:
     assert STORESCU is not None
     command = [STORESCU, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", str(port), str(path)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident size so far (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 @pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu not installed (scripts/test.sh installs it)")
