@@ -76,15 +76,16 @@ def run_poison_job(
     healthy: list[str],
     expected_scores: dict[str, str],
 ) -> None:
-    """Warm the pool process up, limit the worker to its size plus headroom, run the mixed job."""
-    warm = manager.submit_path("warm-up")  # the pool process at its working size, then limited
+    """Warm the pool process up, limit the worker to its size plus headroom, run the mixed job.
+
+    Both jobs write DICOM results: every file is decoded (no resume cache), and the records of the
+    files scored one at a time must survive the losses between them."""
+    warm = manager.submit_path("warm-up", dicom_out=True)  # the pool process at its working size
     warmed = wait_for(lambda: (v := manager.get(warm.id)).finished and v, JOB_TIMEOUT_S, "the warm-up")
     assert warmed.state == "succeeded" and warmed.scored == HEALTHY, warmed
-    for key in manager.client.scan_iter(f"{manager.settings.key_prefix}:cache:*"):
-        manager.client.delete(key)  # no resumed scores: the healthy files are decoded again
     cgroup.limit(cgroup.usage() + HEADROOM_MB * MiB)
 
-    job = manager.submit_path("mixed")
+    job = manager.submit_path("mixed", dicom_out=True)
     final = wait_for(lambda: (v := manager.get(job.id)).finished and v, JOB_TIMEOUT_S, "the job")
 
     logs = worker.logs()
@@ -101,3 +102,7 @@ def run_poison_job(
     assert "alone" in bomb["detail"], bomb
     assert {row["status"] for row in rows.values()} == {"scored"}
     assert {path: row["score"] for path, row in rows.items()} == expected_scores
+    with manager.result_file(job.id, "dicom", "csv").open(newline="", encoding="utf-8") as handle:
+        objects = sorted((row["path"], row["kind"], row["reason"]) for row in csv.DictReader(handle))
+    dicoms = [path for path in healthy if not path.endswith(".jpeg")]
+    assert objects == sorted((path, kind, "") for path in dicoms for kind in ("sc", "sr")), objects
