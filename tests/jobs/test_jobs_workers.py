@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import zipfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +86,7 @@ def test_http_job_scores_every_file_of_a_pacs_export(stack: Stack) -> None:
     assert final["total"] == final["done"] == len(outcomes)
     for status in ("scored", "skipped", "failed"):
         assert final[status] == sum(1 for outcome in outcomes if outcome[0] == status), status
-    assert final["failures"] == dict(Counter(reason for status, reason in outcomes if status == "failed"))
+    assert final["failures"] == stack.expected.failures()
     assert final["started_at"] and final["finished_at"] and final["files_per_s"] > 0
     assert final["model_version"] and final["error"] is None
 
@@ -185,6 +184,8 @@ def test_in_process_and_worker_results_are_identical(stack: Stack) -> None:
     queued = run_cli(stack.env, "batch", str(folder), "--out", str(stack.tmp / "queued"), "--no-progress")
     assert queued.returncode == 0, queued.stderr
     assert "job " in queued.stdout and "results in" in queued.stdout
+    for run in (local, queued):
+        assert f"{stack.expected.failed_summary()};" in run.stdout, "both paths say why files failed"
     for name in RESULT_FILES:
         reference = (over_http / name).read_bytes()
         assert (stack.tmp / "local" / name).read_bytes() == reference, f"in-process {name} differs"

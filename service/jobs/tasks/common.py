@@ -4,8 +4,6 @@ backing off when the results folder is full or cannot be written."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from celery import Task
 from service.jobs import metrics
 from service.jobs.archive import remove_upload
 from service.jobs.celery_app import FINALIZE_TASK, app
+from service.jobs.heartbeat import holder_of, new_token
 from service.jobs.recovery import send_again
 from service.jobs.rows import Row, Status
 from service.jobs.state import ACTIVE_STATES, FAILED, now_iso
@@ -99,6 +98,8 @@ def retry_storage(task: Task, job_id: str, unit: str, exc: OSError, reason: str)
     if unit == "plan" or unit.startswith("chunk:"):
         state.unattempt(job_id, unit.removeprefix("chunk:"))
     failures = state.storage_failure(job_id)
+    if failures < 0:  # the job expired meanwhile
+        return "dropped"
     retry_in = cfg.storage_backoff_s * 2 ** (failures - 1) if failures <= cfg.storage_retries else None
     if retry_in is not None:
         state.hold_storage(job_id, time.time() + retry_in)
@@ -107,7 +108,7 @@ def retry_storage(task: Task, job_id: str, unit: str, exc: OSError, reason: str)
         "at": now_iso(),
         "event": reason,
         "unit": unit,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": holder_of(new_token()),
         "detail": f"{what}; "
         + (f"retry {failures} of {cfg.storage_retries} in {retry_in:g} s" if retry_in else "the job fails"),
         "retry_in_s": retry_in,
