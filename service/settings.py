@@ -89,7 +89,10 @@ class Settings(BaseSettings):
         1800, ge=1, description="Hard limit of one task; must stay below the visibility timeout."
     )
     max_deliveries: int = Field(
-        3, ge=1, description="Deliveries of one chunk before its files are failed (poison-pill guard)."
+        3,
+        ge=1,
+        description="Times a file may stop its worker (killed, crashed, time limit) before it fails as "
+        "kills_worker; a chunk that lost a delivery is scored one file at a time (poison-pill guard).",
     )
     worker_max_memory_mb: int = Field(
         2048,
@@ -106,6 +109,12 @@ class Settings(BaseSettings):
     )
     recovery_interval_s: float = Field(
         15.0, gt=0, description="How often each worker looks for tasks orphaned by a lost worker."
+    )
+    storage_retries: int = Field(
+        5, ge=0, description="Retries of a batch task that found the results folder full or unwritable."
+    )
+    storage_backoff_s: float = Field(
+        5.0, gt=0, description="Wait before the first such retry; doubled for each one after."
     )
     max_zip_extract_mb: float = Field(8192.0, gt=0, description="Largest uncompressed size of a zip job.")
     job_ttl_hours: float = Field(168.0, gt=0, description="How long finished jobs stay in Redis.")
