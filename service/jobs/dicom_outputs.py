@@ -14,6 +14,7 @@ decodes it, so the pixels are those that were scored.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,8 @@ from model.runtime import ScoreResult, SquidRuntime
 from service.jobs.results import RESULT_FILES, atomic_write
 from service.jobs.rows import Reason, to_csv, to_jsonl
 from service.jobs.walker import resolve_inside
+
+log = logging.getLogger(__name__)
 
 FOLDER = "dicom"
 CSV_NAME = RESULT_FILES[("dicom", "csv")]
@@ -81,6 +84,7 @@ def _objects(
             return []
         built = build_for_upload(data, decoded, result, model)
     except (NotBuilt, ImageRejected) as exc:  # ImageRejected: the file changed since it was scored
+        log.warning("no SR/SC for a scored image: %s", exc.reason, extra={"detail": exc.detail})
         return [_row(path, "", reason=exc.reason, detail=exc.detail)]
     source_uid = decoded.info.sop_instance_uid or ""
     return [
