@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.node.spool import attempts_file, fsync_dir
+from service.node.spool import attempts_file, fsync_path
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def retry(spool_root: Path, destination: str | None = None, name: str | None = N
             os.replace(source, target)
         except FileNotFoundError:  # retried by another request at the same moment
             continue
-        fsync_dir(source.parent)
-        fsync_dir(target.parent)
+        fsync_path(source.parent)
+        fsync_path(target.parent)
         moved.append(letter)
     return moved

@@ -4,6 +4,8 @@ Scoring is the same code as ``squid batch FOLDER --dicom-out``: in this process 
 set, on the Celery workers otherwise (the workers must see the spool folder). A batch leaves
 ``scoring/`` only after every result object is in every destination's outbox, so a crash while
 scoring scores the batch again at restart; that re-run makes the same UIDs, so nothing duplicates.
+The scorer's own copy of the objects is then deleted or kept (:mod:`service.node.kept`); an image
+that got no SR/SC is counted by reason (``squid_node_results_not_built_total``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from model.runtime import SquidRuntime
 from service.jobs import dicom_outputs
+from service.node.kept import KeptResults
 from service.node.metrics import NodeMetrics
 from service.node.records import record_batch
 from service.node.spool import Spool
@@ -71,13 +74,12 @@ class StudyScorer:
         return manager.job_dir(view.id)
 
 
-def result_files(results: Path) -> list[Path]:
-    """The SR and SC files a scored batch produced (from its ``dicom_outputs.jsonl``)."""
+def output_records(results: Path) -> list[dict[str, str]]:
+    """The rows of a scored batch's ``dicom_outputs.jsonl``: one per object, or one with a reason."""
     index = results / dicom_outputs.JSONL_NAME
     if not index.exists():
         return []
-    records = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
-    return [results / record["file"] for record in records if record.get("kind")]
+    return [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
 
 
 def image_outcomes(results: Path) -> dict[str, int]:
@@ -93,7 +95,12 @@ def image_outcomes(results: Path) -> dict[str, int]:
 
 
 def process_batch(
-    spool: Spool, scorer: StudyScorer, destinations: list[str], batch: Path, metrics: NodeMetrics
+    spool: Spool,
+    scorer: StudyScorer,
+    destinations: list[str],
+    batch: Path,
+    metrics: NodeMetrics,
+    kept: KeptResults,
 ) -> int:
     """Score one batch, record it for the worklist and queue its results for every destination;
     returns the objects queued."""
@@ -103,12 +110,17 @@ def process_batch(
         record_batch(settings.node_state, batch, results, settings.worklist_patient_identifiers)
     except Exception as exc:  # the worklist misses the study; the PACS still gets its results
         log.error("recording a study for the worklist failed: %s", type(exc).__name__)
-    files = result_files(results)
+    records = output_records(results)
+    files = [results / record["file"] for record in records if record.get("kind")]
     for destination in destinations:
         for path in files:
             spool.queue_result(destination, path)
+    kept.hand_over(batch.name, files, delivered=bool(destinations))
     for outcome, count in image_outcomes(results).items():
         metrics.images.labels(outcome).inc(count)
+    for record in records:
+        if not record.get("kind"):  # the scorer logged why
+            metrics.not_built.labels(record.get("reason") or "unknown").inc()
     spool.finish_batch(batch)
     metrics.studies.labels("scored").inc()
     log.info("study scored", extra={"objects": len(files), "destinations": len(destinations)})

@@ -26,7 +26,14 @@ def listening(env: dict[str, str], workdir: Path, **settings: str) -> Iterator[i
     yields its port once it answers a C-ECHO and wrote its first health snapshot."""
     port = free_port()
     node_env = {k: v for k, v in env.items() if k != "SQUID_BROKER_URL"}
-    node_env.update({"SQUID_DICOM_QUIET_SECONDS": "1", "SQUID_DICOM_RETRY_SECONDS": "0", **settings})
+    node_env.update(
+        {
+            "SQUID_DICOM_QUIET_SECONDS": "1",
+            "SQUID_DICOM_RETRY_SECONDS": "0",
+            "SQUID_DICOM_ALLOWED_AES": json.dumps(["STORESCU", "ECHOSCU"]),
+            **settings,
+        }
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / "node.log").open("ab") as log:
         process = subprocess.Popen(
