@@ -78,7 +78,13 @@ def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
             NullCache() if dicom else RedisScoreCache(state.client, cfg.key_prefix, model_namespace(rt))
         )
         outcome = score_entries(
-            rt, Path(payload["root"]), entries, cache=cache, max_pixels=cfg.max_pixels, with_map=dicom
+            rt,
+            Path(payload["root"]),
+            entries,
+            cache=cache,
+            max_pixels=cfg.max_pixels,
+            with_map=dicom,
+            threads=cfg.decode_threads,
         )
         write_started = time.perf_counter()
         if dicom:
