@@ -46,7 +46,7 @@ def main() -> int:
     shape = (rows, columns, samples) if samples > 1 else (rows, columns)
     out = sys.stdout.buffer  # a pipe: np.save would ask it for a file position
     np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(pixels.reshape(shape)))
-    out.write(memoryview(pixels))
+    out.write(pixels.data)
     out.flush()
     return 0
 

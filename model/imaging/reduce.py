@@ -1,12 +1,13 @@
 """How far an image may be shrunk before the model can tell, and box reduction by row blocks.
 
 The model sees a 128 px image; a radiograph has 2,000-4,000 px a side. Decoding is therefore done
-at a reduced resolution whose shorter side is still at least ``min_side`` (three times the model's
-input by default, :data:`DEFAULT_MIN_SIDE`): by the codec where it can (JPEG 2000 resolution
-levels, JPEG DCT scaling), otherwise by averaging ``factor x factor`` boxes of decoded pixels. The
-preprocessing's own antialiased resize then finishes the job; at three times the model's input the
-calibrated score stays within a few thousandths of a full-size decode (``bench/decode_fidelity``
-numbers in docs/decoding.md, held by ``tests/model/test_reduced_decode.py``).
+at a reduced resolution whose shorter side is still at least ``min_side`` (four times the model's
+input, and never under the 512 px the heatmap and preview are drawn at: :func:`min_side_for`): by
+the codec where it can (JPEG 2000 resolution levels, JPEG DCT scaling), otherwise by averaging
+``factor x factor`` boxes of decoded pixels. The preprocessing's own antialiased resize then
+finishes the job. The reduction blurs a little more than that resize alone, so the calibrated score
+moves by a few thousandths (docs/decoding.md; ``tests/model/test_reduced_decode.py`` holds it
+within 0.01); at three times the model's input a clipping window moved it by 0.0104.
 
 Box means are computed by summing groups of rows, then groups of columns, in an integer (or
 float64) accumulator; partial groups at the bottom and right edges are averaged over the pixels
@@ -24,9 +25,9 @@ from numpy.typing import NDArray
 
 from model.blockwise import BLOCK_PIXELS
 
-DEFAULT_MIN_SIDE = 384
+DEFAULT_MIN_SIDE = 512
 # The smallest shorter side of a reduced decode per pixel of the model's input side.
-MIN_SIDE_PER_INPUT_PIXEL = 3
+MIN_SIDE_PER_INPUT_PIXEL = 4
 
 FloatArray = NDArray[np.float64]
 
