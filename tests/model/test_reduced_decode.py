@@ -29,6 +29,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from model.dicom_results import ModelInfo, build_for_upload
 from model.imaging import read_image
 from model.imaging.reduce import box_factor, box_mean, map_then_reduce, power_of_two_steps
 from model.preprocess import Preprocessing
@@ -279,3 +280,15 @@ def test_every_channel_decodes_at_four_times_the_model_input() -> None:
     assert decode_side(Preprocessing(128, "equalize")) == 512
     assert decode_side(Preprocessing(64)) == 512  # never under what the heatmap is drawn at
     assert decode_side(Preprocessing(256)) == 1024
+
+
+def test_the_secondary_capture_is_drawn_from_the_pixels_decoded_for_the_model(runtime: SquidRuntime) -> None:
+    """A 2048 px film is decoded at 512 px; its capture is that size plus the caption band, with no
+    second, full-size decode."""
+    data = make_dicom(film(2048, 2048), bits_stored=12, transfer_syntax=JPEG2000Lossless)
+    item = prepare(data, runtime.preprocessing, 10**8)
+    assert item.decoded.pixels.shape == (512, 512)
+    result = runtime.score(item.array[None], with_map=True)[0]
+    model = ModelInfo.from_metadata(runtime.metadata)
+    capture = next(obj for obj in build_for_upload(data, item.decoded, result, model) if obj.kind == "sc")
+    assert (capture.dataset.Columns, capture.dataset.Rows > 512) == (512, True)
