@@ -54,9 +54,9 @@ class CodestreamError(ValueError):
     """The frame does not start like the codestream its transfer syntax names."""
 
 
-def declared_jpeg(frame: bytes) -> Declared:
+def declared_jpeg(frame: bytes | memoryview) -> Declared:
     """The SOFn (or JPEG-LS SOF55) of a JPEG-family codestream."""
-    if not frame.startswith(JPEG_SOI):
+    if bytes(frame[:2]) != JPEG_SOI:
         raise CodestreamError("the frame does not start with a JPEG SOI marker")
     offset = 2
     while offset + 4 <= len(frame):
@@ -83,11 +83,11 @@ def declared_jpeg(frame: bytes) -> Declared:
     raise CodestreamError("no JPEG frame header (SOF) before the scan data")
 
 
-def declared_j2k(frame: bytes) -> Declared:
+def declared_j2k(frame: bytes | memoryview) -> Declared:
     """The SIZ segment of a JPEG 2000 (or HTJ2K) codestream, inside a JP2 wrapper or bare."""
-    start = 0 if frame.startswith(J2K_SOC_SIZ) else -1
-    if start < 0 and frame.startswith(JP2_SIGNATURE):
-        start = frame.find(J2K_SOC_SIZ, 0, _JP2_SEARCH)
+    start = 0 if bytes(frame[:4]) == J2K_SOC_SIZ else -1
+    if start < 0 and bytes(frame[: len(JP2_SIGNATURE)]) == JP2_SIGNATURE:
+        start = bytes(frame[:_JP2_SEARCH]).find(J2K_SOC_SIZ)
     if start < 0:
         raise CodestreamError("the frame does not start with a JPEG 2000 SOC/SIZ marker pair")
     siz = start + 4
@@ -105,7 +105,7 @@ def declared_j2k(frame: bytes) -> Declared:
     return Declared("JPEG 2000", ysiz - yosiz, xsiz - xosiz, components, precision, signed, levels)
 
 
-def _decomposition_levels(frame: bytes, offset: int) -> int:
+def _decomposition_levels(frame: bytes | memoryview, offset: int) -> int:
     """SPcod's decomposition levels from the main header's COD segment (0 when there is none)."""
     while offset + 10 <= len(frame) and frame[offset] == 0xFF:
         marker = frame[offset + 1]

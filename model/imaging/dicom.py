@@ -51,6 +51,7 @@ PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless})
+DEFER_BYTES = 1 << 16
 
 
 def read_dicom(
@@ -98,8 +99,10 @@ def _read(data: bytes, *, max_pixels: int, enforce_gates: bool, min_side: int | 
 
 
 def _parse(data: bytes) -> Dataset:
+    """The dataset, with values over :data:`DEFER_BYTES` (Pixel Data) left in ``data`` until used:
+    the decoders read Pixel Data in place (:func:`model.imaging.frames.pixel_data`), not a copy."""
     try:
-        ds = dcmread(BytesIO(data), force=True)
+        ds = dcmread(BytesIO(data), force=True, defer_size=DEFER_BYTES)
     except Exception as exc:
         raise ImageRejected(
             Reason.UNDECODABLE, f"DICOM header could not be parsed ({type(exc).__name__})"
@@ -121,7 +124,7 @@ def _ends_on_element(ds: Dataset, size: int) -> bool:
         return False
     end = 0
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts its raw elements
-        element = ds.get_item(tag)
+        element = ds.get_item(tag, keep_deferred=True)
         offset, length = getattr(element, "value_tell", None), getattr(element, "length", None)
         if offset is None or length is None or length == UNDEFINED_LENGTH:
             return False

@@ -9,11 +9,14 @@ message; the first that succeeds wins:
 2. **Native data as a view**: uncompressed little-endian 8/16-bit single-sample pixels are read in
    place from the Pixel Data bytes, no copy.
 3. **imagecodecs**: libjpeg-turbo 3 (JPEG baseline, extended 12-bit and lossless), CharLS
-   (JPEG-LS) and OpenJPEG (JPEG 2000) for single-sample unsigned images. These release the GIL, so
-   a thread pool decodes on every core (:func:`model.steps.prepare_many`), and libjpeg-turbo reads
-   the WG04 12-bit lossy JPEGs that pydicom's plugins refuse.
-4. **pydicom's plugins** (pylibjpeg, pyjpegls, Pillow, RLE, numpy), one after the other, never
-   GDCM: everything else (colour, signed, big endian, odd bit depths).
+   (JPEG-LS), OpenJPEG (JPEG 2000) and PackBits (the segments of DICOM RLE, written straight into
+   the image's bytes: pydicom's RLE path peaks at 8 bytes a pixel, this one at 3) for single-sample
+   unsigned images. These release the GIL, so a thread pool decodes on every core
+   (:func:`model.steps.in_threads`), and libjpeg-turbo reads the WG04 12-bit lossy JPEGs that
+   pydicom's plugins refuse.
+4. **pydicom's plugins** (pylibjpeg, pyjpegls, Pillow, RLE, numpy), one after the other:
+   everything else (colour, signed, big endian, odd bit depths). pydicom's own GDCM plugins are
+   removed when this module is imported: GDCM can abort the process it runs in.
 5. **GDCM**, in a child process with a memory limit (:mod:`model.imaging.gdcm_fallback`): only for
    compressed data every decoder above refused.
 
@@ -27,10 +30,11 @@ dropped, as that list already carries their messages.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import imagecodecs
 import numpy as np
@@ -45,6 +49,7 @@ from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
@@ -57,6 +62,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
+    RLELossless,
 )
 
 from . import gdcm_fallback
@@ -76,10 +82,13 @@ NATIVE_VIEW_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian
 # DCT scaling goes down to 1/8; JPEG 2000 as far as the codestream's decomposition levels allow.
 MAX_DCT_STEPS = 3
 DETAIL_LIMIT = 300
+UNDEFINED_LENGTH = 0xFFFFFFFF
+ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian
 
 # pydicom logs a traceback for every plugin that fails before it raises with all their messages,
 # which become the rejection's detail: the tracebacks would only reach a user's terminal.
 logging.getLogger("pydicom.pixels.decoders.base").addFilter(lambda record: False)
+gdcm_fallback.keep_out_of_process()
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ class _Frame:
     columns: int
     samples: int
     min_side: int | None
-    encoded: bytes | None
+    encoded: bytes | memoryview | None
     declared: Declared | None
 
     @property
@@ -145,10 +154,10 @@ def decode_first_frame(
 def _frame(data: bytes, ds: Dataset, syntax: UID, min_side: int | None) -> _Frame:
     rows, columns = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel") or 1)
-    encoded: bytes | None = None
+    encoded: bytes | memoryview | None = None
     declared: Declared | None = None
     if syntax.is_encapsulated and "PixelData" in ds:
-        encoded = _first_fragment_frame(ds, syntax)
+        encoded = _first_fragment_frame(data, ds, syntax)
         declared = _declared(encoded, syntax)
         if declared is not None and (declared.rows, declared.columns, declared.components) != (
             rows,
@@ -164,7 +173,26 @@ def _frame(data: bytes, ds: Dataset, syntax: UID, min_side: int | None) -> _Fram
     return _Frame(data, ds, syntax, rows, columns, samples, min_side, encoded, declared)
 
 
-def _first_fragment_frame(ds: Dataset, syntax: UID) -> bytes:
+def pixel_data(data: bytes, ds: Dataset) -> bytes | memoryview:
+    """Pixel Data as a view into the file's bytes where its value was left there (deferred by the
+    parser, and not inside a deflated body), else the dataset's value."""
+    element = ds.get_item("PixelData", keep_deferred=True)
+    tell, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+    deflated = ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    if element is None or element.value is not None or tell is None or length is None or deflated:
+        return ds.PixelData
+    end = len(data) if length == UNDEFINED_LENGTH else tell + length
+    return memoryview(data)[tell:end]
+
+
+def _first_fragment_frame(data: bytes, ds: Dataset, syntax: UID) -> bytes | memoryview:
+    """The first frame's codestream: a view into the file's bytes when it is one fragment (the
+    common single-frame case, no copy of the compressed bytes), else pydicom's copy of its
+    fragments."""
+    if int(ds.get("NumberOfFrames") or 1) == 1:
+        view = _single_fragment(pixel_data(data, ds))
+        if view is not None:
+            return view
     extended = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
@@ -180,7 +208,20 @@ def _first_fragment_frame(ds: Dataset, syntax: UID) -> bytes:
         ) from None
 
 
-def _declared(encoded: bytes, syntax: UID) -> Declared | None:
+def _single_fragment(value: bytes | memoryview) -> memoryview | None:
+    """The fragment after the Basic Offset Table item when it is the only one, else None."""
+    if len(value) < 16 or bytes(value[:4]) != ITEM_TAG:
+        return None
+    start = 8 + struct.unpack_from("<I", value, 4)[0]
+    if bytes(value[start : start + 4]) != ITEM_TAG:
+        return None
+    end = start + 8 + struct.unpack_from("<I", value, start + 4)[0]
+    if end > len(value) or bytes(value[end : end + 4]) == ITEM_TAG:
+        return None
+    return memoryview(value)[start + 8 : end]
+
+
+def _declared(encoded: bytes | memoryview, syntax: UID) -> Declared | None:
     try:
         if syntax in JPEG_SYNTAXES or syntax in JPEG_LS_SYNTAXES:
             return declared_jpeg(encoded)
@@ -243,10 +284,10 @@ def _native_view(frame: _Frame) -> StoredFrame | None:
         return None
     dtype = np.dtype("<u2" if bits_allocated == 16 else "u1")
     count = frame.rows * frame.columns
-    data = ds.PixelData
-    if len(data) < count * dtype.itemsize:
-        raise ValueError(f"pixel data holds {len(data)} bytes, the header needs {count * dtype.itemsize}")
-    pixels = np.frombuffer(data, dtype=dtype, count=count).reshape(frame.rows, frame.columns)
+    value = pixel_data(frame.data, ds)
+    if len(value) < count * dtype.itemsize:
+        raise ValueError(f"pixel data holds {len(value)} bytes, the header needs {count * dtype.itemsize}")
+    pixels = np.frombuffer(value, dtype=dtype, count=count).reshape(frame.rows, frame.columns)
     if bits_stored < bits_allocated and int(pixels.max()) >> bits_stored:
         return None
     return StoredFrame(pixels, 1, "numpy-view")
@@ -256,14 +297,39 @@ def _imagecodecs(frame: _Frame) -> StoredFrame | None:
     if not frame.simple or frame.encoded is None:
         return None
     if frame.syntax in JPEG_SYNTAXES:
-        pixels = imagecodecs.jpeg8_decode(frame.encoded)
+        pixels = imagecodecs.jpeg8_decode(_buffer(frame.encoded))
     elif frame.syntax in JPEG_LS_SYNTAXES:
-        pixels = imagecodecs.jpegls_decode(frame.encoded)
+        pixels = imagecodecs.jpegls_decode(_buffer(frame.encoded))
     elif frame.syntax in J2K_SYNTAXES and frame.declared is not None and not frame.declared.signed:
-        pixels = imagecodecs.jpeg2k_decode(frame.encoded, numthreads=1)
+        pixels = imagecodecs.jpeg2k_decode(_buffer(frame.encoded), numthreads=1)
+    elif frame.syntax == RLELossless:
+        return _rle(frame, frame.encoded)
     else:
         return None
     return StoredFrame(np.asarray(pixels), 1, "imagecodecs")
+
+
+def _rle(frame: _Frame, encoded: bytes | memoryview) -> StoredFrame | None:
+    """DICOM RLE (PS3.5 G): a 64-byte header of segment offsets, one PackBits segment per byte of
+    the sample, most significant first; each decoded segment goes straight into its byte lane."""
+    sample_bytes = int(frame.ds.BitsAllocated) // 8
+    header = np.frombuffer(encoded[:64], dtype="<u4")
+    if len(header) < 16 or int(header[0]) != sample_bytes:
+        return None
+    ends = [int(offset) for offset in header[1 : 1 + sample_bytes]] + [len(encoded)]
+    count = frame.rows * frame.columns
+    pixels = np.empty(count, dtype=np.dtype("<u2") if sample_bytes == 2 else np.uint8)
+    lanes = pixels.view(np.uint8).reshape(count, sample_bytes)
+    view = memoryview(encoded)  # segments are decoded from slices of it, not copies
+    for segment in range(sample_bytes):
+        plane = imagecodecs.packbits_decode(_buffer(view[ends[segment] : ends[segment + 1]]))
+        if len(plane) < count:
+            raise ValueError(f"RLE segment {segment} holds {len(plane)} bytes, the image {count} pixels")
+        lanes[:, sample_bytes - 1 - segment] = np.frombuffer(plane, dtype=np.uint8, count=count)
+    bits_stored = int(frame.ds.get("BitsStored") or 8 * sample_bytes)
+    if bits_stored < 8 * sample_bytes and int(pixels.max()) >> bits_stored:
+        return None  # unused high bits set: pydicom masks them
+    return StoredFrame(pixels.reshape(frame.rows, frame.columns), 1, "imagecodecs-rle")
 
 
 def _pydicom(frame: _Frame) -> StoredFrame | None:
@@ -295,17 +361,21 @@ _DECODERS: tuple[tuple[str, Decoder], ...] = (
 
 
 def _pydicom_plugins(syntax: UID) -> list[str]:
-    """pydicom's plugins for ``syntax`` in its own order, without GDCM (the separate last resort);
-    ``""`` lets pydicom pick for native data, which needs no plugin."""
+    """pydicom's plugins for ``syntax`` in its own order (GDCM is not among them:
+    :func:`gdcm_fallback.keep_out_of_process`); ``""`` lets pydicom pick for native data."""
     try:
         plugins = list(get_decoder(syntax).available_plugins)
     except NotImplementedError:
         return [""]
-    preferred = [name for name in plugins if name != "gdcm"]
-    return preferred or ([""] if not syntax.is_encapsulated else [])
+    return plugins or ([""] if not syntax.is_encapsulated else [])
 
 
-def _encoded(frame: _Frame) -> bytes:
+def _buffer(view: bytes | memoryview) -> bytes:
+    """``view`` for imagecodecs, which reads any buffer without a copy (its stubs say bytes)."""
+    return cast(bytes, view)
+
+
+def _encoded(frame: _Frame) -> bytes | memoryview:
     if frame.encoded is None:
         raise ValueError("no encapsulated frame")
     return frame.encoded

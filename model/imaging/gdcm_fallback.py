@@ -11,6 +11,7 @@ second, paid only by files that would otherwise be refused.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -24,12 +25,32 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy
 from numpy.typing import NDArray
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import UID, AllTransferSyntaxes
 
 CHILD = Path(__file__).with_name("gdcm_child.py")
 TIMEOUT_S = 60.0
 BASE_ADDRESS_SPACE = 768 << 20  # Python, numpy and GDCM themselves, measured at ~300 MB
 FRAME_COPIES = 6  # the decoded buffer, its Python string, the bytes, the array: with room to spare
 STDERR_LINES = 3
+
+
+def keep_out_of_process() -> None:
+    """Remove pydicom's own GDCM plugins, so that GDCM never runs in this process.
+
+    pydicom tries GDCM first whenever python-gdcm is installed, and GDCM aborts the whole process on
+    some inputs (a C++ exception: an RLE encode of an odd-width 8-bit image does). Called when
+    :mod:`model.imaging` is imported; not thread-safe (pydicom's ``remove_plugin``), hence at import.
+    """
+    for uid in AllTransferSyntaxes:
+        for lookup in (get_decoder, get_encoder):
+            try:
+                plugins = lookup(UID(uid))
+            except (NotImplementedError, ValueError):
+                continue
+            with contextlib.suppress(ValueError):  # no GDCM plugin for this syntax
+                plugins.remove_plugin("gdcm")
 
 
 @functools.cache

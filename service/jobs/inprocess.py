@@ -91,6 +91,7 @@ def run_inprocess(
                 max_pixels=settings.max_pixels,
                 with_map=dicom_out,
                 threads=settings.decode_threads,
+                full_resolution=settings.decode_full_resolution,
             )
             write_started = time.perf_counter()
             if dicom_out:

@@ -87,12 +87,14 @@ def score_entries(
     max_pixels: int,
     with_map: bool = False,
     threads: int = 0,
+    full_resolution: bool = False,
 ) -> ChunkOutcome:
     """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know;
     ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it).
 
     Files are read and looked up in the cache here, in order, and decoded on ``threads`` threads
-    (0: :func:`model.steps.decode_threads`), a few files ahead of the one being collected.
+    (0: :func:`model.steps.decode_threads`), a few files ahead of the one being collected, at the
+    model's resolution unless ``full_resolution``.
     """
     version = runtime.metadata.model_version
     rows: list[Row | None] = [None] * len(entries)
@@ -101,7 +103,7 @@ def score_entries(
     reads: Iterator[Row | _Read] = (
         _read_one(runtime, root, entry, cache, max_pixels, outcome) for entry in entries
     )
-    decode = functools.partial(_decode_one, runtime.preprocessing, max_pixels, version)
+    decode = functools.partial(_decode_one, runtime.preprocessing, max_pixels, version, full_resolution)
     for index, result in enumerate(in_threads(decode, reads, decode_threads(threads))):
         if isinstance(result, Row):
             rows[index] = result
@@ -185,13 +187,13 @@ def _read_one(
 
 
 def _decode_one(
-    preprocessing: Preprocessing, max_pixels: int, version: str, read: Row | _Read
+    preprocessing: Preprocessing, max_pixels: int, version: str, full_resolution: bool, read: Row | _Read
 ) -> Row | tuple[str, Prepared]:
     """Decode and preprocess one read file (in a decode thread); a rejection becomes its row."""
     if isinstance(read, Row):
         return read
     try:
-        item = prepare(read.data, preprocessing, max_pixels)
+        item = prepare(read.data, preprocessing, max_pixels, full_resolution=full_resolution)
     except ImageRejected as exc:
         uids = _peek_uids(read.data, exc.reason)
         return Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)

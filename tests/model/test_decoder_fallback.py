@@ -120,3 +120,24 @@ def test_the_gdcm_child_dies_alone_when_a_frame_needs_more_than_its_memory_cap(
     monkeypatch.setattr(gdcm_fallback, "BASE_ADDRESS_SPACE", 32 << 20)  # less than Python needs
     with pytest.raises(RuntimeError, match="GDCM failed"):
         gdcm_fallback.decode(data, 64, 64, 1, 2)
+
+
+def test_gdcm_never_runs_in_this_process() -> None:
+    """pydicom would try GDCM first, and GDCM aborts the process on an odd-width 8-bit RLE encode."""
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.pixels.encoders.base import get_encoder
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+    for syntax in (RLELossless, JPEGLSLossless, JPEGBaseline8Bit, JPEG2000Lossless):
+        assert "gdcm" not in get_decoder(syntax).available_plugins
+    assert "gdcm" not in get_encoder(RLELossless).available_plugins
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_rle_is_decoded_into_its_byte_lanes_exactly(bits: int) -> None:
+    from pydicom.uid import RLELossless
+
+    dtype = np.uint8 if bits == 8 else np.uint16
+    pixels = np.random.default_rng(bits).integers(0, 2**bits, (301, 257)).astype(dtype)
+    compressed = read_image(make_dicom(pixels, bits_stored=bits, transfer_syntax=RLELossless)).pixels
+    np.testing.assert_array_equal(compressed, read_image(make_dicom(pixels, bits_stored=bits)).pixels)

@@ -85,6 +85,7 @@ def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
             max_pixels=cfg.max_pixels,
             with_map=dicom,
             threads=cfg.decode_threads,
+            full_resolution=cfg.decode_full_resolution,
         )
         write_started = time.perf_counter()
         if dicom:
