@@ -3,9 +3,10 @@
 Decoders are tried in a fixed order, each declining what it does not handle or failing with a
 message; the first that succeeds wins:
 
-1. **Codec reduction** (``min_side`` set): JPEG 2000 at a lower resolution level (Pillow's
-   ``reduce``: the wavelet's own low-pass, no full-size image ever exists) and 8-bit JPEG with DCT
-   scaling (Pillow's ``draft``), for single-sample unsigned images.
+1. **Codec reduction** (``min_side`` set): JPEG 2000 one resolution level down (Pillow's
+   ``reduce``: the wavelet's own low-pass, no full-size image ever exists; :data:`MAX_J2K_STEPS`)
+   and 8-bit JPEG with DCT scaling (Pillow's ``draft``), for single-sample unsigned images; a box
+   reduction may follow.
 2. **Native data as a view**: uncompressed little-endian 8/16-bit single-sample pixels are read in
    place from the Pixel Data bytes, no copy.
 3. **imagecodecs**: libjpeg-turbo 3 (JPEG baseline, extended 12-bit and lossless), CharLS
@@ -79,8 +80,11 @@ J2K_SYNTAXES = frozenset({JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLossle
 # JPEG 2000 Part 2: no pydicom decoder; GDCM reads them. Their codestreams are checked all the same.
 J2K_PART2_SYNTAXES = frozenset({JPEG2000MCLossless, JPEG2000MC})
 NATIVE_VIEW_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-# DCT scaling goes down to 1/8; JPEG 2000 as far as the codestream's decomposition levels allow.
+# DCT scaling goes down to 1/8. JPEG 2000 goes one resolution level down at most: its low-pass
+# aliases more than a box does, and at level 2 (2048 -> 512 px) calibrated scores moved by up to
+# 0.015 against a full decode, at level 1 (then boxes of 2) by 0.002 (bench/decode_fidelity.py).
 MAX_DCT_STEPS = 3
+MAX_J2K_STEPS = 1
 DETAIL_LIMIT = 300
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian
@@ -241,7 +245,7 @@ def _j2k_reduced(frame: _Frame) -> StoredFrame | None:
         return None
     if not 8 <= declared.precision <= 16 or declared.components != 1:
         return None
-    steps = power_of_two_steps(frame.rows, frame.columns, frame.min_side, declared.levels)
+    steps = power_of_two_steps(frame.rows, frame.columns, frame.min_side, min(MAX_J2K_STEPS, declared.levels))
     if steps == 0:
         return None
     with Image.open(BytesIO(_encoded(frame)), formats=["JPEG2000"]) as image:

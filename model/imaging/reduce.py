@@ -3,7 +3,7 @@
 The model sees a 128 px image; a radiograph has 2,000-4,000 px a side. Decoding is therefore done
 at a reduced resolution whose shorter side is still at least ``min_side`` (four times the model's
 input, and never under the 512 px the heatmap and preview are drawn at: :func:`min_side_for`): by
-the codec where it can (JPEG 2000 resolution levels, JPEG DCT scaling), otherwise by averaging
+the codec where it can (one JPEG 2000 resolution level, JPEG DCT scaling), then by averaging
 ``factor x factor`` boxes of decoded pixels. The preprocessing's own antialiased resize then
 finishes the job. The reduction blurs a little more than that resize alone, so the calibrated score
 moves by a few thousandths (docs/decoding.md; ``tests/model/test_reduced_decode.py`` holds it
