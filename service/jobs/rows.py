@@ -1,8 +1,11 @@
 """Result rows: one per file of a job, the study roll-up, and their CSV / JSON Lines encodings.
 
 Reason codes are those of ``POST /score`` (:class:`model.imaging.Reason`) plus a few only a folder
-walk can meet. A *skipped* file is not scoreable by design (not an image, not a frontal chest
-radiograph); a *failed* file should have been scoreable but could not be read or decoded.
+walk or a worker can meet: ``kills_worker`` (the file alone stopped its worker process every time it
+was tried: :mod:`service.jobs.isolation`), ``worker_lost`` (its chunk kept being lost between files),
+``model_mismatch`` (no worker with the job's model took it). A *skipped* file is not scoreable by
+design (not an image, not a frontal chest radiograph); a *failed* file should have been scoreable but
+could not be read, decoded or scored.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Reason(StrEnum):
     INFERENCE_ERROR = "inference_error"
     MODEL_MISMATCH = "model_mismatch"
     WORKER_LOST = "worker_lost"
+    KILLS_WORKER = "kills_worker"
     SYMLINK_LOOP = "symlink_loop"
     NAME_TOO_LONG = "name_too_long"
     PATH_CONFLICT = "path_conflict"

@@ -24,7 +24,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from model.dicom_results import codes as sr_codes
 from tests.dicom_results_support import sr_content
-from tests.jobs.jobs_support import REPO_ROOT, metric_value, wait_for
+from tests.jobs.jobs_support import REPO_ROOT, wait_for
 from tests.net_support import free_port
 from tests.node.orthanc_support import NODE_AE, NodeProcess, Orthanc, echo, requires_orthanc
 
@@ -34,11 +34,6 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 STORESCU = shutil.which("storescu")
 WAIT_S = 120.0  # a hang guard, not a performance assertion
-
-
-@pytest.fixture
-def dx_file(shared_data: Path) -> Path:
-    return shared_data / "dicom" / "highdicom" / "dx_image.dcm"
 
 
 @pytest.fixture
@@ -68,11 +63,6 @@ def launch(tmp_path: Path, orthanc: Orthanc) -> Iterator[Callable[..., NodeProce
     yield start
     for node in started:
         node.stop()
-
-
-def node_metric(node: NodeProcess, name: str, labels: dict[str, str] | None = None) -> float:
-    port = node.env["SQUID_DICOM_METRICS_PORT"]
-    return metric_value(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, name, labels)
 
 
 def cli_score(path: Path) -> float:
@@ -134,13 +124,14 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_sc_in_the_same_study(
     sc_ds = dcmread(BytesIO(orthanc.instance_file(str(sc["ID"]))), stop_before_pixels=True)
     assert sc_ds.StudyInstanceUID == study_uid
     skipped = {"outcome": "skipped", "reason": "not_a_radiograph_class"}
-    assert node_metric(node, "squid_node_instances_total", skipped) == 1
+    assert node.metric("squid_node_instances_total", skipped) == 1
     # The same study again: the same UIDs come back, Orthanc keeps one copy of each.
     orthanc.send_to_node(str(answer["ParentStudy"]))
-    wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "second send")
+    wait_for(lambda: node.metric("squid_node_objects_sent_total") >= 4, WAIT_S, "second send")
     assert len(orthanc.study_instances(study_uid)) == 4
+    assert not list((tmp_path / "node" / "results").rglob("*.dcm")), "delivered results are not kept"
     assert not echo("127.0.0.1", node.port, NODE_AE, calling="INTRUDER")
-    assert node_metric(node, "squid_node_associations_total", {"outcome": "rejected"}) >= 1
+    assert node.metric("squid_node_associations_total", {"outcome": "rejected"}) >= 1
 
 
 @pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu not installed (scripts/test.sh installs it)")
@@ -162,7 +153,7 @@ def test_node_killed_before_sending_loses_and_duplicates_nothing(
     wait_for(lambda: len(orthanc.study_instances(study_uid)) == 3, WAIT_S, "results after restart")
     wait_for(lambda: not node.spool_files("outbox"), WAIT_S, "outbox drained")
     subprocess.run([*storescu, "127.0.0.1", str(node.port), str(source_file)], check=True, timeout=60)
-    wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "re-send")
+    wait_for(lambda: node.metric("squid_node_objects_sent_total") >= 4, WAIT_S, "re-send")
     assert len(orthanc.study_instances(study_uid)) == 3
     assert not node.spool_files("dead")
 
@@ -204,7 +195,7 @@ def test_twenty_images_over_two_associations_are_scored_once_each(
         for line in path.read_text().splitlines()
     ]
     assert sorted(row["sop_instance_uid"] for row in rows) == sorted(str(ds.SOPInstanceUID) for ds in images)
-    assert node_metric(node, "squid_node_images_scored_total", {"outcome": "scored"}) == 20
+    assert node.metric("squid_node_images_scored_total", {"outcome": "scored"}) == 20
 
 
 def test_dicomweb_pull_scores_the_study_like_squid_score(
@@ -249,4 +240,4 @@ def test_results_go_back_by_stow_rs(
     study_uid = str(source.StudyInstanceUID)
     wait_for(lambda: len(orthanc.study_instances(study_uid)) == 2, WAIT_S, "SR and SC stored by STOW-RS")
     assert len(results_of(orthanc, study_uid, SR_CLASS)) == 1
-    assert node_metric(node, "squid_node_objects_sent_total", {"destination": "stow"}) == 2
+    assert node.metric("squid_node_objects_sent_total", {"destination": "stow"}) == 2
