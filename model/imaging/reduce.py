@@ -57,11 +57,20 @@ def reduced_shape(rows: int, columns: int, factor: int) -> tuple[int, int]:
 
 
 def box_mean(source: NDArray[Any], factor: int) -> FloatArray:
-    """Mean of each ``factor x factor`` box of a 2-D array (edge boxes: of the pixels they hold)."""
+    """Mean of each ``factor x factor`` box of a 2-D array (edge boxes: of the pixels they hold),
+    a block of whole box rows at a time, so the accumulators stay small."""
     if factor == 1:
         return np.asarray(source, dtype=np.float64)
-    sums = _box_sums(source, factor)
-    return sums / _box_counts(source.shape[0], source.shape[1], factor)
+    rows, columns = source.shape
+    out = np.empty(reduced_shape(rows, columns, factor), dtype=np.float64)
+    step = _block_rows(columns, factor)
+    for start in range(0, rows, step):
+        block = source[start : start + step]
+        sums = _box_sums(block, factor)
+        out[start // factor : start // factor + sums.shape[0]] = sums / _box_counts(
+            block.shape[0], columns, factor
+        )
+    return out
 
 
 def map_then_reduce(
@@ -74,11 +83,16 @@ def map_then_reduce(
     """
     rows, columns = source.shape[0], source.shape[1]
     out = np.empty(reduced_shape(rows, columns, factor), dtype=np.float64)
-    step = max(1, BLOCK_PIXELS // max(1, columns * factor)) * factor
+    step = _block_rows(columns, factor)
     for start in range(0, rows, step):
         values = formula(source[start : start + step])
         out[start // factor : start // factor + -(-values.shape[0] // factor)] = box_mean(values, factor)
     return out
+
+
+def _block_rows(columns: int, factor: int) -> int:
+    """Rows per block: a whole number of box rows, about :data:`BLOCK_PIXELS` pixels."""
+    return max(1, BLOCK_PIXELS // max(1, columns * factor)) * factor
 
 
 def _box_sums(source: NDArray[Any], factor: int) -> NDArray[Any]:
