@@ -7,10 +7,12 @@ result files. A file can only ever fail itself: every per-file error becomes a r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ import numpy as np
 
 from model.imaging import ImageRejected
 from model.imaging.headers import peek_uids
+from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
-from model.steps import Prepared, infer, prepare
+from model.steps import Prepared, decode_threads, in_threads, infer, prepare
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
@@ -104,6 +107,15 @@ class _Pending:
     item: Prepared
 
 
+@dataclass
+class _Read:
+    """A file read and not in the resume cache: its bytes go to a decode thread."""
+
+    entry: FileEntry
+    digest: str
+    data: bytes
+
+
 def score_entries(
     runtime: SquidRuntime,
     root: Path,
@@ -112,20 +124,32 @@ def score_entries(
     cache: ScoreCache,
     max_pixels: int,
     with_map: bool = False,
+    threads: int = 0,
+    full_resolution: bool = False,
 ) -> ChunkOutcome:
     """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know;
-    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it)."""
+    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it).
+
+    Files are read and looked up in the cache here, in order, and decoded on ``threads`` threads
+    (0: :func:`model.steps.decode_threads`), a few files ahead of the one being collected, at the
+    model's resolution unless ``full_resolution``.
+    """
     version = runtime.metadata.model_version
     rows: list[Row | None] = [None] * len(entries)
     outcome = ChunkOutcome(rows=[])
     pending: list[_Pending] = []
-    for index, entry in enumerate(entries):
-        result = _prepare_one(runtime, root, entry, cache, max_pixels, outcome)
+    reads: Iterator[Row | _Read] = (
+        _read_one(runtime, root, entry, cache, max_pixels, outcome) for entry in entries
+    )
+    decode = functools.partial(_decode_one, runtime.preprocessing, max_pixels, version, full_resolution)
+    for index, result in enumerate(in_threads(decode, reads, decode_threads(threads))):
         if isinstance(result, Row):
             rows[index] = result
         else:
             digest, item = result
-            pending.append(_Pending(index, entry, digest, item))
+            outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
+            outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
+            pending.append(_Pending(index, entries[index], digest, item))
     if pending:
         try:
             results, inference_ms = infer(runtime, [p.item for p in pending], with_map)
@@ -157,14 +181,15 @@ def score_entries(
     return outcome
 
 
-def _prepare_one(
+def _read_one(
     runtime: SquidRuntime,
     root: Path,
     entry: FileEntry,
     cache: ScoreCache,
     max_pixels: int,
     outcome: ChunkOutcome,
-) -> Row | tuple[str, Prepared]:
+) -> Row | _Read:
+    """Read, hash and look up one file (in the caller's thread: the caches are not thread-safe)."""
     version = runtime.metadata.model_version
     if entry.preset:
         return Row.rejected(entry.path, entry.preset, entry.detail, version)
@@ -196,15 +221,23 @@ def _prepare_one(
             for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
         }
         return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+    return _Read(entry, digest, data)
+
+
+def _decode_one(
+    preprocessing: Preprocessing, max_pixels: int, version: str, full_resolution: bool, read: Row | _Read
+) -> Row | tuple[str, Prepared]:
+    """Decode and preprocess one read file (in a decode thread); a rejection becomes its row."""
+    if isinstance(read, Row):
+        return read
     try:
-        item = prepare(data, runtime.preprocessing, max_pixels)
+        item = prepare(read.data, preprocessing, max_pixels, full_resolution=full_resolution)
     except ImageRejected as exc:
-        return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
-    outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
-    outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
-    # Keep the model input and the metadata only: a chunk of full-size radiographs would not fit.
+        uids = _peek_uids(read.data, exc.reason)
+        return Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
+    # Keep the model input and the metadata only: a chunk of decoded images need not stay in memory.
     item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
-    return digest, item
+    return read.digest, item
 
 
 def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:
