@@ -35,7 +35,8 @@ def score_files(
     for path in files:
         try:
             data = path.read_bytes()
-            item: Prepared = prepare(data, runtime.preprocessing, settings.max_pixels)
+            full = settings.decode_full_resolution
+            item: Prepared = prepare(data, runtime.preprocessing, settings.max_pixels, full_resolution=full)
         except (ImageRejected, OSError) as exc:
             failures += 1
             reason = exc.reason if isinstance(exc, ImageRejected) else "unreadable"

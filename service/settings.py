@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = Field(64.0, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(100_000_000, gt=0, description="Largest accepted decoded image (pixels).")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads decoding images in each batch process and the DICOM node (0: cores, at most 4).",
+    )
+    decode_full_resolution: bool = Field(
+        False,
+        description="Decode at full resolution, not the model's (slower; scores move by <0.01).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes for `squid serve`.")

@@ -88,7 +88,14 @@ def run_inprocess(
     try:
         for index, chunk in enumerate(chunks):
             outcome = score_entries(
-                rt, root, chunk, cache=cache, max_pixels=settings.max_pixels, with_map=dicom_out
+                rt,
+                root,
+                chunk,
+                cache=cache,
+                max_pixels=settings.max_pixels,
+                with_map=dicom_out,
+                threads=settings.decode_threads,
+                full_resolution=settings.decode_full_resolution,
             )
             write_started = time.perf_counter()
             if dicom_out:

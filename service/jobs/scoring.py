@@ -7,10 +7,12 @@ result files. A file can only ever fail itself: every per-file error becomes a r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ import numpy as np
 
 from model.imaging import ImageRejected
 from model.imaging.headers import peek_study, peek_uids
+from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
-from model.steps import Prepared, infer, prepare
+from model.steps import Prepared, decode_threads, in_threads, infer, prepare
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
@@ -110,6 +113,15 @@ class _Pending:
     study: tuple[str, str]  # accession number, study date
 
 
+@dataclass
+class _Read:
+    """A file read and not in the resume cache: its bytes go to a decode thread."""
+
+    entry: FileEntry
+    digest: str
+    data: bytes
+
+
 def score_entries(
     runtime: SquidRuntime,
     root: Path,
@@ -118,20 +130,33 @@ def score_entries(
     cache: ScoreCache,
     max_pixels: int,
     with_map: bool = False,
+    threads: int = 0,
+    full_resolution: bool = False,
 ) -> ChunkOutcome:
     """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know;
-    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it)."""
+    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it).
+
+    Files are read and looked up in the cache here, in order, and decoded on ``threads`` threads
+    (0: :func:`model.steps.decode_threads`), a few files ahead of the one being collected, at the
+    model's resolution unless ``full_resolution``.
+    """
     version = runtime.metadata.model_version
     rows: list[Row | None] = [None] * len(entries)
     outcome = ChunkOutcome(rows=[])
     pending: list[_Pending] = []
-    for index, entry in enumerate(entries):
-        result = _prepare_one(runtime, root, entry, cache, max_pixels, outcome)
+    reads: Iterator[Row | _Read] = (
+        _read_one(runtime, root, entry, cache, max_pixels, outcome) for entry in entries
+    )
+    decode = functools.partial(_decode_one, runtime.preprocessing, max_pixels, version, full_resolution)
+    for index, result in enumerate(in_threads(decode, reads, decode_threads(threads))):
         if isinstance(result, Row):
             rows[index] = result
         else:
-            digest, item, study = result
-            pending.append(_Pending(index, entry, digest, item, study))
+            digest, item, study, thumbnail = result
+            outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
+            outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
+            outcome.thumbnails[entries[index].path] = thumbnail
+            pending.append(_Pending(index, entries[index], digest, item, study))
     if pending:
         try:
             results, inference_ms = infer(runtime, [p.item for p in pending], with_map)
@@ -173,14 +198,15 @@ def score_entries(
     return outcome
 
 
-def _prepare_one(
+def _read_one(
     runtime: SquidRuntime,
     root: Path,
     entry: FileEntry,
     cache: ScoreCache,
     max_pixels: int,
     outcome: ChunkOutcome,
-) -> Row | tuple[str, Prepared, tuple[str, str]]:
+) -> Row | _Read:
+    """Read, hash and look up one file (in the caller's thread: the caches are not thread-safe)."""
     version = runtime.metadata.model_version
     if entry.preset:
         return Row.rejected(entry.path, entry.preset, entry.detail, version)
@@ -214,21 +240,30 @@ def _prepare_one(
         row = _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
         accession, date = peek_study(data)
         return replace(row, accession_number=accession, study_date=date)
+    return _Read(entry, digest, data)
+
+
+def _decode_one(
+    preprocessing: Preprocessing, max_pixels: int, version: str, full_resolution: bool, read: Row | _Read
+) -> Row | tuple[str, Prepared, tuple[str, str], bytes]:
+    """Decode and preprocess one read file (in a decode thread); a rejection becomes its row. With
+    the decoded pixels still in memory, the worklist's thumbnail and the study's identifiers."""
+    if isinstance(read, Row):
+        return read
     try:
-        item = prepare(data, runtime.preprocessing, max_pixels)
+        item = prepare(read.data, preprocessing, max_pixels, full_resolution=full_resolution)
     except ImageRejected as exc:
-        row = Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
+        uids = _peek_uids(read.data, exc.reason)
+        row = Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
         if row.study_instance_uid:
-            accession, date = peek_study(data)
+            accession, date = peek_study(read.data)
             row = replace(row, accession_number=accession, study_date=date)
         return row
-    outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
-    outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
-    outcome.thumbnails[entry.path] = thumbnail_png(item.decoded.pixels, THUMBNAIL_SIDE)
-    study = peek_study(data) if item.decoded.info.format == "dicom" else ("", "")
-    # Keep the model input and the metadata only: a chunk of full-size radiographs would not fit.
+    thumbnail = thumbnail_png(item.decoded.pixels, THUMBNAIL_SIDE)
+    study = peek_study(read.data) if item.decoded.info.format == "dicom" else ("", "")
+    # Keep the model input and the metadata only: a chunk of decoded images need not stay in memory.
     item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
-    return digest, item, study
+    return read.digest, item, study, thumbnail
 
 
 def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:

@@ -123,6 +123,8 @@ def _score_and_write(
         cfg.max_deliveries,
         cfg.task_time_limit_s,
         make_records if dicom else None,
+        decode_threads=cfg.decode_threads,
+        full_resolution=cfg.decode_full_resolution,
     )
     outcome = score_chunk_files(runs, index, entries, how, write)
     _observe(outcome)
