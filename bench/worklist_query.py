@@ -113,22 +113,25 @@ def http_pages(index: Path, state_dir: Path, repeat: int) -> dict[str, dict[str,
 
 def per_file_cost(repeat: int) -> dict[str, dict[str, float]]:
     """What scoring a file now also does for the worklist (a 96 px thumbnail of the decoded pixels and
-    a header read of the accession number and study date), beside the decode it follows."""
+    a header read of the accession number and study date), beside the decode and preprocessing it
+    follows (``model.steps.prepare`` as the jobs call it: decoded at the model's resolution)."""
     import numpy as np
 
-    from model.imaging import read_image
     from model.imaging.headers import peek_study
+    from model.runtime import SquidRuntime
+    from model.steps import prepare
     from service.jobs.scoring import THUMBNAIL_SIDE
     from service.payload import thumbnail_png
     from tests.dicom_factory import make_dicom
 
+    preprocessing = SquidRuntime(intra_op_threads=1).preprocessing
     costs = {}
     for side in (224, 2048):
         ramp = (np.add.outer(np.arange(side), np.arange(side)) % 4096).astype(np.uint16)
         data = make_dicom(ramp, bits_stored=12, extra={"AccessionNumber": "A1", "StudyDate": "20261207"})
-        pixels = read_image(data, max_pixels=100_000_000).pixels
+        pixels = prepare(data, preprocessing, 100_000_000).decoded.pixels
         costs[f"{side} px"] = {
-            "decode_ms": timed(lambda d=data: read_image(d, max_pixels=100_000_000), repeat)["median_ms"],
+            "prepare_ms": timed(lambda d=data: prepare(d, preprocessing, 100_000_000), repeat)["median_ms"],
             "thumbnail_ms": timed(lambda p=pixels: thumbnail_png(p, THUMBNAIL_SIDE), repeat)["median_ms"],
             "study_header_ms": timed(lambda d=data: peek_study(d), repeat)["median_ms"],
         }
