@@ -187,6 +187,15 @@ class Settings(BaseSettings):
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate: `squid listen` speaks DICOM TLS.")
     dicom_tls_key: Path | None = Field(None, description="PEM private key of that certificate.")
     dicom_tls_ca: Path | None = Field(None, description="CA bundle: when set, callers must present a cert.")
+    # The worklist on the web page.
+    node_state_dir: Path | None = Field(
+        None,
+        description="The node's worklist records and health, read by the API; default: <spool>/worklist.",
+    )
+    worklist_patient_identifiers: bool = Field(
+        False,
+        description="Show patient name and ID in the worklist (the page may reach more people than PACS).",
+    )
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:
@@ -221,6 +230,11 @@ class Settings(BaseSettings):
         if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
             raise ValueError("dicom_tls_cert and dicom_tls_key must be set together")
         return self
+
+    @property
+    def node_state(self) -> Path:
+        """Where ``squid listen`` keeps its worklist records and health for the API to read."""
+        return self.node_state_dir or self.dicom_spool_dir / "worklist"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,25 @@ def copy_published(job_dir: Path, out: Path) -> list[Path]:
         shutil.copytree(job_dir / FOLDER, out / FOLDER, dirs_exist_ok=True)
         copied.append(out / FOLDER)
     return copied
+
+
+ARCHIVE_NAME = "dicom-outputs.zip"
+
+
+def archive(job_dir: Path, index: Path) -> Path:
+    """``dicom-outputs.zip`` of a finished job: its index and every object, stored (DICOM pixels
+    compress poorly and the objects are large); made on the first download, then kept."""
+    target = job_dir / ARCHIVE_NAME
+    if target.is_file():
+        return target
+    fd, tmp = tempfile.mkstemp(dir=job_dir, prefix=f".{ARCHIVE_NAME}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as zipped:
+            zipped.write(index, index.name)
+            for path in sorted((job_dir / FOLDER).glob("*.dcm")):
+                zipped.write(path, f"{FOLDER}/{path.name}")
+        Path(tmp).replace(target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

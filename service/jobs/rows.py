@@ -110,6 +110,10 @@ class Row:
     threshold: float | None = None
     reason: str = ""
     detail: str = ""
+    # For the worklist (service.worklist), kept in the chunk files only, not in the published CSV:
+    accession_number: str = ""
+    study_date: str = ""  # DICOM YYYYMMDD
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Lossless form used in chunk files (full-precision floats)."""
@@ -117,7 +121,7 @@ class Row:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
-        return cls(**data)
+        return cls(**{**data, "warnings": tuple(data.get("warnings") or ())})
 
     @classmethod
     def rejected(cls, path: str, reason: str, detail: str, model_version: str, **uids: str) -> Row:

@@ -20,17 +20,19 @@ from typing import Any
 import numpy as np
 
 from model.imaging import ImageRejected
-from model.imaging.headers import peek_uids
+from model.imaging.headers import peek_study, peek_uids
 from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
 from model.steps import Prepared, decode_threads, in_threads, infer, prepare
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.walker import FileEntry, resolve_inside
+from service.payload import thumbnail_png
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "decode", "preprocess", "inference", "write")
+THUMBNAIL_SIDE = 96  # the worklist's thumbnails, drawn while the full-size pixels are still in memory
 # Files larger than max(max_pixels * 8, 256 MiB) are refused unread (no image allowed could be that big).
 BYTES_PER_PIXEL_LIMIT = 8
 MIN_FILE_LIMIT = 256 << 20
@@ -57,6 +59,7 @@ class ChunkOutcome:
     timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     inference_batch: int = 0
     results: dict[str, ScoreResult] = field(default_factory=dict)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # path -> PNG, for each decoded file
 
     def summary(self) -> dict[str, int]:
         return {key: int(self.counts.get(key, 0)) for key in ("scored", "resumed", "skipped", "failed")}
@@ -73,6 +76,7 @@ class ChunkOutcome:
         for stage, ms in other.timing_ms.items():
             self.timing_ms[stage] = self.timing_ms.get(stage, 0.0) + ms
         self.results.update(other.results)
+        self.thumbnails.update(other.thumbnails)
 
     def add_row(self, row: Row) -> None:
         """A row decided without scoring (a file not tried again); it must not be a scored row."""
@@ -81,7 +85,8 @@ class ChunkOutcome:
         self.reasons[(row.status, row.reason)] += 1
 
     def to_json(self) -> dict[str, Any]:
-        """Everything but ``results`` (anomaly maps stay in memory), for a chunk scored in steps."""
+        """Everything but ``results`` and ``thumbnails`` (kept in memory: a chunk finished in steps
+        has the thumbnails of its last step only), for a chunk scored in steps."""
         return {
             "rows": [row.to_json() for row in self.rows],
             "counts": dict(self.counts),
@@ -105,6 +110,7 @@ class _Pending:
     entry: FileEntry
     digest: str
     item: Prepared
+    study: tuple[str, str]  # accession number, study date
 
 
 @dataclass
@@ -146,18 +152,23 @@ def score_entries(
         if isinstance(result, Row):
             rows[index] = result
         else:
-            digest, item = result
+            digest, item, study, thumbnail = result
             outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
             outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
-            pending.append(_Pending(index, entries[index], digest, item))
+            outcome.thumbnails[entries[index].path] = thumbnail
+            pending.append(_Pending(index, entries[index], digest, item, study))
     if pending:
         try:
             results, inference_ms = infer(runtime, [p.item for p in pending], with_map)
         except Exception as exc:  # the model failing on a batch fails its files, not the job
             log.exception("inference failed for a batch of %d files", len(pending))
             for p in pending:
-                rows[p.index] = Row.rejected(
-                    p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                rows[p.index] = replace(
+                    Row.rejected(
+                        p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                    ),
+                    accession_number=p.study[0],
+                    study_date=p.study[1],
                 )
         else:
             outcome.timing_ms["inference"] += inference_ms
@@ -165,7 +176,13 @@ def score_entries(
             fresh: dict[str, dict[str, object]] = {}
             for p, res in zip(pending, results, strict=True):
                 uids = _uids(p.item)
-                rows[p.index] = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                row = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                rows[p.index] = replace(
+                    row,
+                    accession_number=p.study[0],
+                    study_date=p.study[1],
+                    warnings=tuple(p.item.decoded.warnings),
+                )
                 outcome.counts["scored"] += 1
                 outcome.results[p.entry.path] = res
                 fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
@@ -220,24 +237,33 @@ def _read_one(
             key: str(cached.get(key, ""))
             for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
         }
-        return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+        row = _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+        accession, date = peek_study(data)
+        return replace(row, accession_number=accession, study_date=date)
     return _Read(entry, digest, data)
 
 
 def _decode_one(
     preprocessing: Preprocessing, max_pixels: int, version: str, full_resolution: bool, read: Row | _Read
-) -> Row | tuple[str, Prepared]:
-    """Decode and preprocess one read file (in a decode thread); a rejection becomes its row."""
+) -> Row | tuple[str, Prepared, tuple[str, str], bytes]:
+    """Decode and preprocess one read file (in a decode thread); a rejection becomes its row. With
+    the decoded pixels still in memory, the worklist's thumbnail and the study's identifiers."""
     if isinstance(read, Row):
         return read
     try:
         item = prepare(read.data, preprocessing, max_pixels, full_resolution=full_resolution)
     except ImageRejected as exc:
         uids = _peek_uids(read.data, exc.reason)
-        return Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
+        row = Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
+        if row.study_instance_uid:
+            accession, date = peek_study(read.data)
+            row = replace(row, accession_number=accession, study_date=date)
+        return row
+    thumbnail = thumbnail_png(item.decoded.pixels, THUMBNAIL_SIDE)
+    study = peek_study(read.data) if item.decoded.info.format == "dicom" else ("", "")
     # Keep the model input and the metadata only: a chunk of decoded images need not stay in memory.
     item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
-    return read.digest, item
+    return read.digest, item, study, thumbnail
 
 
 def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:
@@ -248,7 +274,9 @@ def _scored_row(path: str, version: str, threshold: float, score: float, uids: d
         score=score,
         is_anomalous=bool(score >= threshold),
         threshold=threshold,
-        **uids,
+        study_instance_uid=uids.get("study_instance_uid", ""),
+        series_instance_uid=uids.get("series_instance_uid", ""),
+        sop_instance_uid=uids.get("sop_instance_uid", ""),
     )
 
 
