@@ -22,13 +22,7 @@ from training.comparison import Scored, write_comparison, write_training_curves
 from training.films import Films, load_films
 from training.report import write_report
 from training.scoring import score_images
-from training.structural_benchmark import (
-    MIN_NORMALS,
-    score_set,
-    structural_aucs,
-    structural_set,
-    write_structural,
-)
+from training.structural_benchmark import benchmark, write_structural
 from training.trainer import LabelledSet, TrainData, Trainer, TrainOptions, last_path
 
 DIGIT_TRAIN_IMAGES = 1600
@@ -229,13 +223,14 @@ def evaluate(
             raw, _ = score_images(generator, discriminator, films.at(prep.size, prep.intensity))
         return calibration.apply(raw)
 
-    scorers = {squid_name: squid, **baselines}
     out_dir = Path(out_dir)
     reports: dict[str, Any] = {}
     scored: list[Scored] = []
-    structural: dict[str, dict[str, dict[str, Any]]] = {}
+    chest_films: dict[str, tuple[Films, NDArray[np.int64]]] = {}
     for name, root, part in splits:
         films, labels = evaluation_films(checkpoint, root, part, progress)
+        if not is_digit_folder(root):
+            chest_films[name] = (films, labels)
         images = films.at(prep.size, prep.intensity)
         with torch.inference_mode():
             raw, recon = score_images(generator, discriminator, images)
@@ -256,14 +251,10 @@ def evaluate(
         if ae is not None:
             errors = reconstruction_errors(ae, images)
             scored.append(Scored("auto-encoder (recon. error)", name, labels, errors))
-        normals = [film for film, label in zip(films.films, labels, strict=True) if label == 0]
-        if anomalies and len(normals) >= MIN_NORMALS and not is_digit_folder(root):
-            altered = structural_set(name, Films(normals))
-            for method, score in scorers.items():
-                structural.setdefault(method, {})[name] = structural_aucs(score_set(score, altered))
     comparison = write_comparison(out_dir, scored)
     write_training_curves(out_dir / "training_curves.png", checkpoint.history, checkpoint.epoch)
     report: dict[str, Any] = {"splits": reports, "comparison": comparison}
+    structural = benchmark({squid_name: squid, **baselines}, chest_films) if anomalies else {}
     if structural:
         report["structural"] = write_structural(out_dir, structural, comparison["auc"])
     return report

@@ -77,6 +77,24 @@ def structural_aucs(scores: Mapping[str, Scores]) -> dict[str, dict[str, float]]
     return table
 
 
+def benchmark(
+    scorers: Mapping[str, FilmScorer],
+    splits: Mapping[str, tuple[Films, NDArray[np.int64]]],
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``method -> split -> AUC table`` for every split with at least :data:`MIN_NORMALS` normals
+    (label 0): their altered copies against them, per kind, per family and the families' mean."""
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for split, (films, labels) in splits.items():
+        normals = [film for film, label in zip(films.films, labels, strict=True) if label == 0]
+        if len(normals) < MIN_NORMALS:
+            continue
+        altered = structural_set(split, Films(normals), seed)
+        for method, scorer in scorers.items():
+            results.setdefault(method, {})[split] = structural_aucs(score_set(scorer, altered))
+    return results
+
+
 def to_markdown(results: dict[str, dict[str, dict[str, Any]]], columns: list[str]) -> str:
     """One row per (method, split); cells 'AUC [low, high]'."""
     lines = [
