@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from model.domain import DomainGate, GatePolicy
 from model.imaging import DecodedImage, ImageRejected, Reason, read_image
 from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
+
+STRICT = DomainGate(GatePolicy())
 
 
 @dataclass
@@ -29,15 +32,21 @@ class Prepared:
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
-def prepare(data: bytes, preprocessing: Preprocessing | int, max_pixels: int) -> Prepared:
-    """Decode and preprocess; raises :class:`model.imaging.ImageRejected` with a reason code.
+def prepare(
+    data: bytes, preprocessing: Preprocessing | int, max_pixels: int, gate: DomainGate = STRICT
+) -> Prepared:
+    """Decode, pass the domain gate's header and image rules, preprocess; raises
+    :class:`model.imaging.ImageRejected` with a reason code (:class:`~model.imaging.OutOfDomain`
+    with its reasons when the gate refuses).
 
-    ``preprocessing`` is the artifact's (``runtime.preprocessing``); a bare input size means the
-    default min-max intensity mode.
+    ``preprocessing`` and ``gate`` are the artifact's (``runtime.preprocessing``, ``runtime.gate``);
+    a bare input size means the default min-max intensity mode. The gate's image check runs after
+    inference (:func:`verdict`).
     """
     prep = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing(preprocessing)
     start = time.perf_counter()
-    decoded = read_image(data, max_pixels=max_pixels)
+    decoded = read_image(data, max_pixels=max_pixels, header_rules=gate.header_rules)
+    gate.screen(decoded)
     decoded_at = time.perf_counter()
     try:
         array = prep(decoded.pixels)
@@ -60,3 +69,10 @@ def infer(
     start = time.perf_counter()
     results = runtime.score(np.stack([item.array for item in items]), with_map=with_map)
     return results, (time.perf_counter() - start) * 1e3
+
+
+def verdict(gate: DomainGate, item: Prepared, result: ScoreResult) -> ScoreResult:
+    """The result, once the gate's image check accepts what the model saw (raises
+    :class:`~model.imaging.OutOfDomain` otherwise, or adds its warning when advisory)."""
+    gate.judge(item.decoded, result.domain_distance)
+    return result
