@@ -150,7 +150,8 @@ def _batch_in_process(
     typer.echo(
         f"{summary.total} files in {summary.seconds:.1f} s ({summary.files_per_s:.1f} files/s): "
         f"scored {counts['scored']} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
-        f"failed {counts['failed']}; {summary.published.studies} studies; results in {out}"
+        f"out of domain {counts['out_of_domain']}, failed {counts['failed']}; "
+        f"{summary.published.studies} studies; results in {out}"
         + (f"; {summary.dicom_objects} DICOM objects" if summary.dicom_objects is not None else "")
     )
 
@@ -200,7 +201,8 @@ def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: boo
     manager.copy_results(view.id, out)
     typer.echo(
         f"{view.total} files in {view.elapsed_s or 0:.1f} s ({view.files_per_s or 0:.1f} files/s): "
-        f"scored {view.scored} ({view.resumed} resumed), skipped {view.skipped}, failed {view.failed}; "
+        f"scored {view.scored} ({view.resumed} resumed), skipped {view.skipped}, "
+        f"out of domain {view.out_of_domain}, failed {view.failed}; "
         f"job {view.id}; results in {out}"
         + (f"; {view.chunks_redelivered} chunks sent again (worker lost)" if view.chunks_redelivered else "")
     )

@@ -108,7 +108,9 @@ class AppState:
             self.decode_budget = DecodeBudget(budget_mb << 20, wait_s)
         pixels = min(declared_pixels(data), self.settings.max_pixels * 4)  # a lying header is refused later
         async with self.decode_budget.reserve(pixels * PEAK_BYTES_PER_PIXEL), self.decode_slots:
-            return await run_in_threadpool(prepare, data, runtime.preprocessing, self.settings.max_pixels)
+            return await run_in_threadpool(
+                prepare, data, runtime.preprocessing, self.settings.max_pixels, runtime.gate
+            )
 
 
 def get_state(request: Request) -> AppState:

@@ -61,7 +61,8 @@ class JobEvent(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``failed`` (of ``total``)."""
+    """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``out_of_domain`` + ``failed``
+    (of ``total``)."""
 
     id: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -71,7 +72,11 @@ class JobOut(BaseModel):
     done: int = Field(description="Files with a result row so far, whatever the outcome.")
     scored: int
     resumed: int = Field(description="Of the scored files, those whose score an earlier job computed.")
-    skipped: int = Field(description="Not scoreable by design (junk, SR, lateral, non-chest, ...).")
+    skipped: int = Field(description="Not scoreable by design (not an image, SR, no pixels, ...).")
+    out_of_domain: int = Field(
+        description="Images the domain gate refused (CT, lateral, non-chest, not a chest radiograph, ...): "
+        "no score, their rows say why in domain_reasons."
+    )
     failed: int = Field(description="Should have scored but could not (truncated, undecodable, ...).")
     chunks: int
     chunks_done: int
@@ -198,7 +203,7 @@ async def _submit_upload(request: Request, manager: JobManager, dicom_out: bool 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
 def get_job(job_id: str, request: Request, manager: JobManagerDep) -> JobOut:
-    """State, counts (total, done, scored, resumed, skipped, failed), times and throughput."""
+    """State, counts (total, done, scored, resumed, skipped, out_of_domain, failed), times and throughput."""
     return _out(manager.get(job_id), request)
 
 

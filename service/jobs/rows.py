@@ -1,8 +1,10 @@
 """Result rows: one per file of a job, the study roll-up, and their CSV / JSON Lines encodings.
 
 Reason codes are those of ``POST /score`` (:class:`model.imaging.Reason`) plus a few only a folder
-walk can meet. A *skipped* file is not scoreable by design (not an image, not a frontal chest
-radiograph); a *failed* file should have been scoreable but could not be read or decoded.
+walk can meet. A *skipped* file is not scoreable by design (not an image, no pixels); an
+*out_of_domain* file is an image the domain gate (:mod:`model.domain`) refused, with its reasons in
+``domain_reasons``; a *failed* file should have been scoreable but could not be read or decoded.
+``warnings`` are the soft findings of every decoded file (``outside_training_population`` among them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -21,17 +23,16 @@ from model.imaging import Reason as ImageReason
 class Status(StrEnum):
     SCORED = "scored"
     SKIPPED = "skipped"
+    OUT_OF_DOMAIN = "out_of_domain"
     FAILED = "failed"
 
 
 class Reason(StrEnum):
-    """Every reason code a row can carry; the first eight are exactly the ``POST /score`` codes."""
+    """Every reason code a row can carry; the first seven are exactly the ``POST /score`` codes."""
 
     UNSUPPORTED_FORMAT = ImageReason.UNSUPPORTED_FORMAT.value
     NO_PIXEL_DATA = ImageReason.NO_PIXEL_DATA.value
-    UNSUPPORTED_MODALITY = ImageReason.UNSUPPORTED_MODALITY.value
-    LATERAL_VIEW = ImageReason.LATERAL_VIEW.value
-    NOT_CHEST = ImageReason.NOT_CHEST.value
+    OUT_OF_DOMAIN = ImageReason.OUT_OF_DOMAIN.value
     UNDECODABLE = ImageReason.UNDECODABLE.value
     IMAGE_TOO_LARGE = ImageReason.IMAGE_TOO_LARGE.value
     EMPTY_IMAGE = ImageReason.EMPTY_IMAGE.value
@@ -51,9 +52,6 @@ SKIPPED_REASONS = frozenset(
     {
         Reason.UNSUPPORTED_FORMAT,
         Reason.NO_PIXEL_DATA,
-        Reason.UNSUPPORTED_MODALITY,
-        Reason.LATERAL_VIEW,
-        Reason.NOT_CHEST,
         Reason.DICOMDIR,
         Reason.OUTSIDE_ROOT,
     }
@@ -61,7 +59,9 @@ SKIPPED_REASONS = frozenset(
 
 
 def status_for(reason: str) -> Status:
-    """Skipped (not scoreable by design) or failed (should have scored, could not)."""
+    """Skipped (not scoreable by design), out of the model's domain, or failed (should have scored)."""
+    if reason == Reason.OUT_OF_DOMAIN:
+        return Status.OUT_OF_DOMAIN
     return Status.SKIPPED if reason in SKIPPED_REASONS else Status.FAILED
 
 
@@ -77,6 +77,8 @@ INSTANCE_COLUMNS = (
     "reason",
     "model_version",
     "detail",
+    "domain_reasons",
+    "warnings",
 )
 STUDY_COLUMNS = (
     "study_instance_uid",
@@ -106,6 +108,8 @@ class Row:
     threshold: float | None = None
     reason: str = ""
     detail: str = ""
+    domain_reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Lossless form used in chunk files (full-precision floats)."""
@@ -137,6 +141,7 @@ def instance_record(row: Row) -> dict[str, Any]:
     """The published form of a row (rounded scores), in column order."""
     record = asdict(row)
     record["score"], record["threshold"] = _round(row.score), _round(row.threshold)
+    record["domain_reasons"], record["warnings"] = list(row.domain_reasons), list(row.warnings)
     return {column: record[column] for column in INSTANCE_COLUMNS}
 
 
@@ -176,6 +181,8 @@ def _csv_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.{DECIMALS}f}"
+    if isinstance(value, list):
+        value = ";".join(str(item) for item in value)
     text = str(value)
     # A spreadsheet runs a cell starting with these as a formula (a file named "=cmd|..."): quote it.
     return "'" + text if text.startswith(FORMULA_STARTS) else text

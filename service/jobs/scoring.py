@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from model.imaging import ImageRejected
+from model.imaging import ImageRejected, OutOfDomain
 from model.imaging.headers import peek_uids
 from model.runtime import ScoreResult, SquidRuntime
-from model.steps import Prepared, infer, prepare
+from model.steps import Prepared, infer, prepare, verdict
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
+from service.jobs.state import COUNT_KEYS
 from service.jobs.walker import FileEntry, resolve_inside
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ MIN_FILE_LIMIT = 256 << 20
 
 
 def model_namespace(runtime: SquidRuntime) -> str:
-    """What a cached score is valid for: the model version and its weights."""
+    """What a cached score is valid for: the model version, its weights and the domain gate (its
+    policy and calibration decide whether a file gets a score at all)."""
     meta = runtime.metadata
-    return f"{meta.model_version}@{meta.weights_sha256[:16]}"
+    return f"{meta.model_version}@{meta.weights_sha256[:16]}+gate.{runtime.gate.fingerprint()}"
 
 
 @dataclass
@@ -55,7 +57,7 @@ class ChunkOutcome:
     results: dict[str, ScoreResult] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
-        return {key: int(self.counts.get(key, 0)) for key in ("scored", "resumed", "skipped", "failed")}
+        return {key: int(self.counts.get(key, 0)) for key in COUNT_KEYS}
 
 
 @dataclass
@@ -103,10 +105,23 @@ def score_entries(
             fresh: dict[str, dict[str, object]] = {}
             for p, res in zip(pending, results, strict=True):
                 uids = _uids(p.item)
-                rows[p.index] = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                try:
+                    verdict(runtime.gate, p.item, res)
+                except OutOfDomain as exc:
+                    rows[p.index] = _out_of_domain_row(p.entry.path, exc, version, uids)
+                    continue
+                warnings = list(p.item.decoded.warnings)
+                rows[p.index] = _scored_row(
+                    p.entry.path, version, runtime.threshold, res.score, uids, warnings
+                )
                 outcome.counts["scored"] += 1
                 outcome.results[p.entry.path] = res
-                fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
+                fresh[p.digest] = {
+                    "score": res.score,
+                    "raw_score": res.raw_score,
+                    "warnings": warnings,
+                    **uids,
+                }
             try:
                 cache.put_many(fresh)
             except Exception:  # losing a cache write costs a rescore later, never a row
@@ -115,7 +130,8 @@ def score_entries(
     for row in outcome.rows:
         if row.status != Status.SCORED:  # scored rows were counted as fresh or resumed where made
             outcome.counts[row.status] += 1
-            outcome.reasons[(row.status, row.reason)] += 1
+            for reason in row.domain_reasons or [row.reason]:
+                outcome.reasons[(row.status, reason)] += 1
     return outcome
 
 
@@ -157,9 +173,12 @@ def _prepare_one(
             key: str(cached.get(key, ""))
             for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
         }
-        return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+        warnings = [str(code) for code in cached.get("warnings", [])]
+        return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids, warnings)
     try:
-        item = prepare(data, runtime.preprocessing, max_pixels)
+        item = prepare(data, runtime.preprocessing, max_pixels, runtime.gate)
+    except OutOfDomain as exc:
+        return _out_of_domain_row(entry.path, exc, version, _peek_uids(data, exc.reason))
     except ImageRejected as exc:
         return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
     outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
@@ -169,16 +188,24 @@ def _prepare_one(
     return digest, item
 
 
-def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:
-    return Row(
-        path,
-        Status.SCORED.value,
-        version,
+def _scored_row(
+    path: str, version: str, threshold: float, score: float, uids: dict[str, str], warnings: list[str]
+) -> Row:
+    row = Row.rejected(path, "", "", version, **uids)  # the UIDs, then what a scored row has
+    return replace(
+        row,
+        status=Status.SCORED.value,
         score=score,
         is_anomalous=bool(score >= threshold),
         threshold=threshold,
-        **uids,
+        warnings=warnings,
     )
+
+
+def _out_of_domain_row(path: str, exc: OutOfDomain, version: str, uids: dict[str, str]) -> Row:
+    """No score, no label: the gate's reasons (and the warnings gathered until then)."""
+    row = Row.rejected(path, exc.reason, exc.detail, version, **uids)
+    return replace(row, domain_reasons=exc.reasons, warnings=exc.warnings)
 
 
 def _uids(item: Prepared) -> dict[str, str]:

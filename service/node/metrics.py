@@ -3,7 +3,7 @@
 Metric                                  type     labels
 squid_node_instances_total              counter  outcome (stored|skipped|rejected), reason
 squid_node_associations_total           counter  outcome (accepted|rejected)
-squid_node_images_scored_total          counter  outcome (scored|skipped|failed)
+squid_node_images_scored_total          counter  outcome (scored|skipped|out_of_domain|failed)
 squid_node_studies_total                counter  outcome (scored|failed)
 squid_node_objects_sent_total           counter  destination
 squid_node_send_failures_total          counter  destination

@@ -28,9 +28,11 @@ def test_reason_classes_cover_every_image_reason() -> None:
     from model.imaging import Reason as ImageReason
 
     assert {code.value for code in ImageReason} <= {code.value for code in Reason}
-    skipped = {"unsupported_format", "no_pixel_data", "unsupported_modality", "lateral_view", "not_chest"}
+    skipped = {"unsupported_format", "no_pixel_data", "dicomdir", "outside_root"}
     for code in Reason:
-        expected = Status.SKIPPED if code.value in skipped | {"dicomdir", "outside_root"} else Status.FAILED
+        expected = Status.SKIPPED if code.value in skipped else Status.FAILED
+        if code.value == "out_of_domain":
+            expected = Status.OUT_OF_DOMAIN
         assert status_for(code) == expected, code
 
 

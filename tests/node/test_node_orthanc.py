@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, generate_uid
 
 from model.dicom_results import codes as sr_codes
 from tests.dicom_results_support import sr_content
@@ -37,8 +37,9 @@ WAIT_S = 120.0  # a hang guard, not a performance assertion
 
 
 @pytest.fixture
-def dx_file(shared_data: Path) -> Path:
-    return shared_data / "dicom" / "highdicom" / "dx_image.dcm"
+def chest_file() -> Path:
+    """A real frontal chest film as CR (the repository's sample): what the model may judge."""
+    return REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm"
 
 
 @pytest.fixture
@@ -117,12 +118,12 @@ def as_ct(source: Path, target: Path) -> Path:
 
 
 def test_study_sent_by_orthanc_comes_back_as_sr_and_sc_in_the_same_study(
-    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path
 ) -> None:
-    source = dcmread(dx_file, stop_before_pixels=True)
+    source = dcmread(chest_file, stop_before_pixels=True)
     study_uid, image_uid = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
-    orthanc.upload(dx_file)
-    answer = orthanc.upload(as_ct(dx_file, tmp_path / "ct.dcm"))
+    orthanc.upload(chest_file)
+    answer = orthanc.upload(as_ct(chest_file, tmp_path / "ct.dcm"))
     node = launch()
     orthanc.send_to_node(str(answer["ParentStudy"]))
     wait_for(lambda: len(orthanc.study_instances(study_uid)) >= 4, WAIT_S, "SR and SC in Orthanc")
@@ -130,7 +131,7 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_sc_in_the_same_study(
     [sc] = results_of(orthanc, study_uid, SC_CLASS)
     score, referenced = sr_score(orthanc, sr)
     assert referenced == image_uid
-    assert score == pytest.approx(cli_score(dx_file), abs=1e-6)
+    assert score == pytest.approx(cli_score(chest_file), abs=1e-6)
     sc_ds = dcmread(BytesIO(orthanc.instance_file(str(sc["ID"]))), stop_before_pixels=True)
     assert sc_ds.StudyInstanceUID == study_uid
     skipped = {"outcome": "skipped", "reason": "not_a_radiograph_class"}
@@ -168,11 +169,11 @@ def test_node_killed_before_sending_loses_and_duplicates_nothing(
 
 
 def test_twenty_images_over_two_associations_are_scored_once_each(
-    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path
 ) -> None:
     from pynetdicom import AE
 
-    base = dcmread(dx_file)
+    base = dcmread(chest_file)
     study_uid = generate_uid()
     images = []
     for _ in range(20):
@@ -208,10 +209,10 @@ def test_twenty_images_over_two_associations_are_scored_once_each(
 
 
 def test_dicomweb_pull_scores_the_study_like_squid_score(
-    tmp_path: Path, orthanc: Orthanc, dx_file: Path
+    tmp_path: Path, orthanc: Orthanc, chest_file: Path
 ) -> None:
-    source = dcmread(dx_file, stop_before_pixels=True)
-    orthanc.upload(dx_file)
+    source = dcmread(chest_file, stop_before_pixels=True)
+    orthanc.upload(chest_file)
     out = tmp_path / "out"
     day = f"{source.StudyDate[:4]}-{source.StudyDate[4:6]}-{source.StudyDate[6:]}"
     for selection in (["--study", str(source.StudyInstanceUID)], ["--since", day, "--until", day]):
@@ -227,16 +228,16 @@ def test_dicomweb_pull_scores_the_study_like_squid_score(
             env={k: v for k, v in __import__("os").environ.items() if k != "SQUID_BROKER_URL"},
         )
         [row] = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
-        assert row["score"] == pytest.approx(cli_score(dx_file), abs=1e-6)
+        assert row["score"] == pytest.approx(cli_score(chest_file), abs=1e-6)
         assert sum(1 for _ in (out / "dicom").glob("*.dcm")) == 2
 
 
 def test_results_go_back_by_stow_rs(
-    orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
+    orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path
 ) -> None:
     from pynetdicom import AE
 
-    source = dcmread(dx_file)
+    source = dcmread(chest_file)
     node = launch(
         SQUID_DICOM_DESTINATIONS="[]", SQUID_DICOM_STOW="true", SQUID_DICOMWEB_URL=orthanc.dicomweb_url
     )
@@ -250,3 +251,49 @@ def test_results_go_back_by_stow_rs(
     wait_for(lambda: len(orthanc.study_instances(study_uid)) == 2, WAIT_S, "SR and SC stored by STOW-RS")
     assert len(results_of(orthanc, study_uid, SR_CLASS)) == 1
     assert node_metric(node, "squid_node_objects_sent_total", {"destination": "stow"}) == 2
+
+
+def test_out_of_domain_images_get_no_result_object_and_are_counted(
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path, shared_data: Path
+) -> None:
+    """A CT slice stored as secondary capture (Modality CT) and a real DX that is no chest film (a
+    dog's thorax) reach the node beside a chest film: only the chest film gets an SR and SC; the
+    others get no object that could read as "normal", a row saying why, and a metric."""
+    from pydicom.data import get_testdata_file
+    from pynetdicom import AE
+
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dog = dcmread(shared_data / "dicom" / "highdicom" / "dx_image.dcm")
+    chest = dcmread(chest_file)
+    node = launch(SQUID_DICOM_QUIET_SECONDS="2")
+    ae = AE(ae_title="STORESCU")
+    for ds in (ct, dog, chest):
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    assert [int(assoc.send_c_store(ds).Status) for ds in (ct, dog, chest)] == [0, 0, 0]
+    assoc.release()
+    chest_study = str(chest.StudyInstanceUID)
+    wait_for(lambda: len(orthanc.study_instances(chest_study)) == 2, WAIT_S, "the chest film's SR and SC")
+    wait_for(
+        lambda: node_metric(node, "squid_node_images_scored_total", {"outcome": "out_of_domain"}) == 2,
+        WAIT_S,
+        "two images counted out of domain",
+    )
+    assert orthanc.study_instances(str(ct.StudyInstanceUID)) == []
+    assert orthanc.study_instances(str(dog.StudyInstanceUID)) == []
+    assert node_metric(node, "squid_node_objects_sent_total") == 2
+    rows = {
+        row["sop_instance_uid"]: row
+        for path in (tmp_path / "node" / "results" / "node").glob("*/instances.jsonl")
+        for row in map(json.loads, path.read_text().splitlines())
+    }
+    assert rows[str(ct.SOPInstanceUID)]["status"] == "out_of_domain"
+    assert rows[str(ct.SOPInstanceUID)]["domain_reasons"] == ["modality"]
+    assert rows[str(dog.SOPInstanceUID)]["domain_reasons"] == ["not_a_chest_radiograph"]
+    assert (
+        rows[str(ct.SOPInstanceUID)]["score"] is None and rows[str(ct.SOPInstanceUID)]["is_anomalous"] is None
+    )
+    assert rows[str(chest.SOPInstanceUID)]["status"] == "scored"
+    assert "not assessed" in node.log()

@@ -10,7 +10,7 @@ from service.jobs import metrics
 from service.jobs.archive import remove_upload
 from service.jobs.celery_app import FINALIZE_TASK, app
 from service.jobs.rows import Row
-from service.jobs.state import FAILED
+from service.jobs.state import COUNT_KEYS, FAILED
 from service.jobs.worker_redis import job_state
 from service.settings import get_settings
 
@@ -42,7 +42,7 @@ def send_finalize(job_id: str) -> None:
 
 
 def count(rows: list[Row]) -> dict[str, Any]:
-    counts = dict.fromkeys(("scored", "resumed", "skipped", "failed"), 0)
+    counts = dict.fromkeys(COUNT_KEYS, 0)
     for row in rows:
         counts[row.status] += 1
     return counts
