@@ -130,10 +130,10 @@ class DomainGate:
     def screen(self, decoded: DecodedImage) -> None:
         """Before the model: the image rules (raises :class:`OutOfDomain` when strict) and the
         population rule; warnings go into ``decoded.warnings``."""
+        if self.outside_population(decoded.patient_age_years):  # first: a refusal carries it too
+            _warn(decoded, DomainWarning.OUTSIDE_TRAINING_POPULATION)
         if self.policy.image_check != "off":
             self._apply(decoded, image_reasons(decoded))
-        if self.outside_population(decoded.patient_age_years):
-            _warn(decoded, DomainWarning.OUTSIDE_TRAINING_POPULATION)
 
     def outside_population(self, age_years: float | None) -> bool:
         """Whether the age rule applies and the (known) age lies outside the training population."""

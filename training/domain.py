@@ -11,9 +11,15 @@ the PPCA model, up to constants. A global descriptor on purpose: a coin, a conso
 opaque lower lung field moves a few of its 80 numbers a little, a CT slice, a hand or a photo moves
 all of them a lot (docs/domain-gate.md has the measurements).
 
-**Calibration.** The threshold is ``MARGIN`` times the largest ``QUANTILE`` of the graph's own
-distances over each group of calibration films (each class of the training folder and of the
-selection set), so at least 99.5 % of every group pass, with room for a new site's films.
+A second, one-sided cue catches what the PPCA misses most, lateral films: on a frontal chest film
+the middle of the lung band (the mediastinum and spine) is brighter than the brighter of the two
+lung fields beside it; on a lateral film the middle is lung. ``ridge`` is that difference.
+
+**Calibration.** The PPCA distance is divided by ``MARGIN`` times its largest ``QUANTILE`` over
+each group of calibration films (each class of the training folder and of the selection set); the
+ridge's shortfall below its training median is divided by the shortfall of the smallest
+``1 - QUANTILE`` quantile over the groups, less ``RIDGE_MARGIN``. The graph outputs the larger of
+the two, so the threshold is 1 and at least 99 % of every group pass, with room for a new site.
 
 :func:`attach` splices the nodes into an artifact's graph beside the model (they read the same
 input, nothing else), so scores stay bit-identical; :func:`add_to_artifact` does that to an artifact
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,12 @@ GRADIENT_GRID = 4
 COMPONENTS = 12
 QUANTILE = 0.995
 MARGIN = 1.5
+RIDGE_MARGIN = 0.05  # in units of the model input's intensity (0..1)
+# Where the ridge is measured, as fractions of the input: the lung band's rows, and its columns in
+# the middle and beside it on either side.
+RIDGE_ROWS = (0.2, 0.6)
+RIDGE_CENTRE = (0.42, 0.58)
+RIDGE_SIDES = ((0.125, 0.344), (0.656, 0.875))
 VERSION = 1
 _P = "domain/"  # prefix of every node and initializer this module adds
 
@@ -54,14 +66,22 @@ class DomainModel:
     variances: NDArray[np.float64]  # (K,) their variances
     residual_variance: float  # mean variance of the discarded directions
     fit_images: int
-    threshold: float | None = None
+    ridge_median: float  # the training films' median ridge
+    distance_scale: float | None = None  # calibrated: PPCA distance at which the gate refuses
+    ridge_floor: float | None = None  # calibrated: ridge below which the gate refuses
     pass_rates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold of the graph's output: 1 once calibrated (both parts are scaled to it)."""
+        return 1.0 if self.distance_scale is not None else None
 
     def digest(self) -> str:
         h = hashlib.sha256()
         for array in (self.scale, self.mean, self.basis, self.variances):
             h.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
-        h.update(np.float32(self.residual_variance).tobytes())
+        for value in (self.residual_variance, self.ridge_median, self.distance_scale, self.ridge_floor):
+            h.update(np.float32(value if value is not None else np.nan).tobytes())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
@@ -76,10 +96,17 @@ class DomainModel:
             },
             "components": int(self.basis.shape[1]),
             "distance": "sum(z^2 / variance) + residual^2 / residual_variance",
+            "ridge": "mean of the lung band's middle columns minus the brighter side's",
+            "combined": "max(distance / distance_scale, "
+            "(ridge_median - ridge) / (ridge_median - ridge_floor))",
             "fit_images": self.fit_images,
             "mirrored": True,
+            "distance_scale": self.distance_scale,
+            "ridge_median": self.ridge_median,
+            "ridge_floor": self.ridge_floor,
             "threshold": self.threshold,
-            "threshold_rule": f"{MARGIN} x the largest {QUANTILE} quantile over the calibration groups",
+            "threshold_rule": f"distance_scale: {MARGIN} x the largest {QUANTILE} quantile over the "
+            f"calibration groups; ridge_floor: the smallest {1 - QUANTILE:.3f} quantile less {RIDGE_MARGIN}",
             "pass_rates": self.pass_rates,
             "sha256": self.digest(),
         }
@@ -92,6 +119,22 @@ def descriptor(images: NDArray[np.float32]) -> NDArray[np.float64]:
     gx = np.abs(np.diff(x, axis=2, append=x[:, :, -1:]))
     gy = np.abs(np.diff(x, axis=1, append=x[:, -1:, :]))
     return np.concatenate([_pool(x, THUMBNAIL, n, size), _pool(gx + gy, GRADIENT_GRID, n, size)], axis=1)
+
+
+def ridge(images: NDArray[np.float32]) -> NDArray[np.float64]:
+    """(N, S, S) preprocessed images -> (N,) the mediastinal ridge (what the graph computes)."""
+    size = images.shape[-1]
+    rows, centre, sides = _ridge_bounds(size)
+    band = np.asarray(images, dtype=np.float64)[:, rows[0] : rows[1], :].mean(axis=1)
+    side = np.maximum(*(band[:, a:b].mean(axis=1) for a, b in sides))
+    return band[:, centre[0] : centre[1]].mean(axis=1) - side
+
+
+def _ridge_bounds(size: int) -> tuple[tuple[int, int], tuple[int, int], tuple[tuple[int, int], ...]]:
+    def span(bounds: tuple[float, float]) -> tuple[int, int]:
+        return int(bounds[0] * size), int(bounds[1] * size)
+
+    return span(RIDGE_ROWS), span(RIDGE_CENTRE), tuple(span(side) for side in RIDGE_SIDES)
 
 
 def _pool(x: NDArray[np.float64], cells: int, n: int, size: int) -> NDArray[np.float64]:
@@ -127,6 +170,7 @@ def fit(images: NDArray[np.float32], components: int = COMPONENTS) -> DomainMode
         np.maximum(values[:components], 1e-9),
         residual,
         len(images),
+        float(np.median(ridge(images))),
     )
 
 
@@ -136,8 +180,12 @@ def _constant(name: str, value: NDArray[Any] | list[int]) -> onnx.TensorProto:
     return numpy_helper.from_array(array.astype(dtype), _P + name)
 
 
+RAW_OUTPUTS = (_P + "distance", _P + "ridge")
+
+
 def graph_parts(model: DomainModel) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes and initializers that compute ``DOMAIN_OUTPUT`` (N,) from ``INPUT_NAME``."""
+    """The nodes and initializers that compute ``DOMAIN_OUTPUT`` (N,) from ``INPUT_NAME``; before
+    calibration, only the two raw parts (:data:`RAW_OUTPUTS`)."""
     s = model.size
     thumb, grid = s // THUMBNAIL, s // GRADIENT_GRID
     inits = [
@@ -194,7 +242,43 @@ def graph_parts(model: DomainModel) -> tuple[list[onnx.NodeProto], list[onnx.Ten
         helper.make_node("Mul", [p + "residual", p + "residual"], [p + "r2"]),
         helper.make_node("ReduceSum", [p + "r2", p + "axis_f"], [p + "outside_raw"], keepdims=0),
         helper.make_node("Div", [p + "outside_raw", p + "residual_variance"], [p + "outside"]),
-        helper.make_node("Add", [p + "inside", p + "outside"], [DOMAIN_OUTPUT]),
+        helper.make_node("Add", [p + "inside", p + "outside"], [p + "distance"]),
+    ]
+    rows, centre, sides = _ridge_bounds(s)
+    for name, (start, end) in (("rows", rows), ("centre", centre), ("left", sides[0]), ("right", sides[1])):
+        inits += [_constant(f"{name}_start", [start]), _constant(f"{name}_end", [end])]
+    nodes += [
+        helper.make_node("Slice", [INPUT_NAME, p + "rows_start", p + "rows_end", p + "axis_h"], [p + "band"]),
+        helper.make_node("ReduceMean", [p + "band", p + "axis_h"], [p + "profile"], keepdims=0),  # (N, 1, S)
+    ]
+    for name in ("centre", "left", "right"):
+        nodes += [
+            helper.make_node(
+                "Slice",
+                [p + "profile", p + f"{name}_start", p + f"{name}_end", p + "axis_h"],
+                [p + f"{name}_cols"],
+            ),
+            helper.make_node(
+                "ReduceMean", [p + f"{name}_cols", p + "axis_h"], [p + f"{name}_mean"], keepdims=0
+            ),
+        ]
+    nodes += [
+        helper.make_node("Max", [p + "left_mean", p + "right_mean"], [p + "side"]),
+        helper.make_node("Sub", [p + "centre_mean", p + "side"], [p + "ridge_n1"]),
+        helper.make_node("ReduceMean", [p + "ridge_n1", p + "axis_f"], [p + "ridge"], keepdims=0),  # (N,)
+    ]
+    if model.distance_scale is None or model.ridge_floor is None:
+        return nodes, inits
+    inits += [
+        _constant("distance_scale", np.array(model.distance_scale)),
+        _constant("ridge_median", np.array(model.ridge_median)),
+        _constant("ridge_span", np.array(max(model.ridge_median - model.ridge_floor, 1e-6))),
+    ]
+    nodes += [
+        helper.make_node("Div", [p + "distance", p + "distance_scale"], [p + "distance_part"]),
+        helper.make_node("Sub", [p + "ridge_median", p + "ridge"], [p + "ridge_short"]),
+        helper.make_node("Div", [p + "ridge_short", p + "ridge_span"], [p + "ridge_part"]),
+        helper.make_node("Max", [p + "distance_part", p + "ridge_part"], [DOMAIN_OUTPUT]),
     ]
     return nodes, inits
 
@@ -204,12 +288,18 @@ def _output() -> onnx.ValueInfoProto:
 
 
 def standalone(model: DomainModel) -> onnx.ModelProto:
-    """The domain model alone (input ``images``, output ``domain_distance``): for calibration."""
+    """The domain model alone (input ``images``; output ``domain_distance``, or the raw parts before
+    calibration): to calibrate it and to check it."""
     nodes, inits = graph_parts(model)
     images = helper.make_tensor_value_info(
         INPUT_NAME, TensorProto.FLOAT, ["batch", 1, model.size, model.size]
     )
-    graph = helper.make_graph(nodes, "squid-domain", [images], [_output()], inits)
+    outputs = (
+        [_output()]
+        if model.threshold is not None
+        else [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch"]) for name in RAW_OUTPUTS]
+    )
+    graph = helper.make_graph(nodes, "squid-domain", [images], outputs, inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     proto.ir_version = 10
     onnx.checker.check_model(proto, full_check=True)
@@ -217,7 +307,8 @@ def standalone(model: DomainModel) -> onnx.ModelProto:
 
 
 def distances(model: DomainModel, images: NDArray[np.float32], batch: int = 256) -> NDArray[np.float32]:
-    """The graph's distances of (N, S, S) preprocessed images, computed by onnxruntime."""
+    """The graph's output for (N, S, S) preprocessed images, computed by onnxruntime: (N,) once
+    calibrated, else (N, 2): the raw PPCA distance and ridge."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -225,34 +316,26 @@ def distances(model: DomainModel, images: NDArray[np.float32], batch: int = 256)
     session = ort.InferenceSession(
         standalone(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    parts = [
-        session.run(None, {INPUT_NAME: np.ascontiguousarray(images[i : i + batch, None], dtype=np.float32)})[
-            0
-        ]
-        for i in range(0, len(images), batch)
-    ]
+    parts = []
+    for i in range(0, len(images), batch):
+        chunk = np.ascontiguousarray(images[i : i + batch, None], dtype=np.float32)
+        values = session.run(None, {INPUT_NAME: chunk})
+        parts.append(values[0] if len(values) == 1 else np.stack(values, axis=1))
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def calibrate(model: DomainModel, groups: Mapping[str, NDArray[np.float32]]) -> DomainModel:
     """Set the threshold from the calibration groups (name -> preprocessed films) and record each
     group's pass rate at it."""
-    scored = {name: distances(model, images) for name, images in groups.items() if len(images)}
-    if not scored:
+    raw_model = replace(model, distance_scale=None, ridge_floor=None, pass_rates={})
+    raw = {name: distances(raw_model, images) for name, images in groups.items() if len(images)}
+    if not raw:
         raise ValueError("the domain model needs calibration films")
-    threshold = MARGIN * max(float(np.quantile(d, QUANTILE)) for d in scored.values())
-    rates = {name: round(float(np.mean(d <= threshold)), 4) for name, d in scored.items()}
-    return DomainModel(
-        model.size,
-        model.scale,
-        model.mean,
-        model.basis,
-        model.variances,
-        model.residual_variance,
-        model.fit_images,
-        threshold,
-        rates,
-    )
+    scale = MARGIN * max(float(np.quantile(parts[:, 0], QUANTILE)) for parts in raw.values())
+    floor = min(float(np.quantile(parts[:, 1], 1 - QUANTILE)) for parts in raw.values()) - RIDGE_MARGIN
+    calibrated = replace(raw_model, distance_scale=scale, ridge_floor=floor)
+    rates = {name: round(float(np.mean(distances(calibrated, groups[name]) <= 1.0)), 4) for name in raw}
+    return replace(calibrated, pass_rates=rates)
 
 
 def attach(artifact: onnx.ModelProto, model: DomainModel) -> onnx.ModelProto:

@@ -182,6 +182,8 @@ def test_squid_batch_cli_without_broker(pacs_source: tuple[Path, Expected], tmp_
     assert {row["study_instance_uid"] for row in studies} == set(expected.study.values())
     scored = sum(1 for outcome in expected.outcome.values() if outcome[0] == "scored")
     assert f"scored {scored} (0 resumed)" in result.stdout
+    refused = sum(1 for outcome in expected.outcome.values() if outcome[0] == "out_of_domain")
+    assert refused == 4 and f"out of domain {refused}," in result.stdout
     again = run_cli(env, "batch", str(root), "--out", str(tmp_path / "out"), "--no-progress")
     assert again.returncode == 0, again.stderr
     assert f"scored {scored} ({scored} resumed)" in again.stdout, "users see resumed files as scored"
