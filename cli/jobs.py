@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,6 +19,28 @@ if TYPE_CHECKING:
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=code)
+
+
+def _require_writable(out: Path) -> None:
+    """Before any work: a job on the workers would otherwise fail only once it is done."""
+    from service.jobs.storage import check_writable
+
+    try:
+        check_writable(out)
+    except OSError as exc:
+        raise _fail(_cannot_write(exc, out)) from None
+
+
+def _cannot_write(exc: OSError, out: Path) -> str:
+    from service.jobs.storage import describe
+
+    return f"cannot write the results to {exc.filename or out}: {describe(exc)}"
+
+
+def _failed(count: int, failures: Mapping[str, int]) -> str:
+    """``failed 2 (kills_worker 1, undecodable 1)``: the reasons are how a user finds out what to fix."""
+    reasons = ", ".join(f"{reason} {number}" for reason, number in sorted(failures.items()) if number)
+    return f"failed {count}" + (f" ({reasons})" if reasons else "")
 
 
 def batch(
@@ -69,11 +92,13 @@ def batch(
     if pulling:
         if folder is not None:
             raise _fail("give a FOLDER or --dicomweb/--study/--since/--until, not both")
+        _require_writable(out)
         folder = _pull(settings, dicomweb, study or [], since, until, out)
     if folder is None:
         raise _fail("give a FOLDER, or --study/--since/--until with --dicomweb")
     if not folder.is_dir():
         raise _fail(f"not a folder: {folder}")
+    _require_writable(out)
     if settings.broker_url and not in_process:
         _batch_on_workers(folder, out, settings, progress, dicom_out)
     else:
@@ -142,6 +167,8 @@ def _batch_in_process(
         )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:  # the results could not be written (the inputs' errors are rows)
+        raise _fail(_cannot_write(exc, out), 1) from None
     finally:
         bar.close()
     if summary.published.missing:
@@ -150,7 +177,7 @@ def _batch_in_process(
     typer.echo(
         f"{summary.total} files in {summary.seconds:.1f} s ({summary.files_per_s:.1f} files/s): "
         f"scored {counts['scored']} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
-        f"out of domain {counts['out_of_domain']}, failed {counts['failed']}; "
+        f"out of domain {counts['out_of_domain']}, {_failed(counts['failed'], summary.failures)}; "
         f"{summary.published.studies} studies; results in {out}"
         + (f"; {summary.dicom_objects} DICOM objects" if summary.dicom_objects is not None else "")
     )
@@ -198,11 +225,14 @@ def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: boo
     if view.state != "succeeded":
         detail = f" ({view.error['reason']}: {view.error['detail']})" if view.error else ""
         raise _fail(f"job {view.id} {view.state}{detail}", 1)
-    manager.copy_results(view.id, out)
+    try:
+        manager.copy_results(view.id, out)
+    except OSError as exc:
+        raise _fail(f"job {view.id} succeeded; {_cannot_write(exc, out)}", 1) from None
     typer.echo(
         f"{view.total} files in {view.elapsed_s or 0:.1f} s ({view.files_per_s or 0:.1f} files/s): "
         f"scored {view.scored} ({view.resumed} resumed), skipped {view.skipped}, "
-        f"out of domain {view.out_of_domain}, failed {view.failed}; "
+        f"out of domain {view.out_of_domain}, {_failed(view.failed, view.failures)}; "
         f"job {view.id}; results in {out}"
         + (f"; {view.chunks_redelivered} chunks sent again (worker lost)" if view.chunks_redelivered else "")
     )

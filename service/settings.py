@@ -110,7 +110,10 @@ class Settings(BaseSettings):
         1800, ge=1, description="Hard limit of one task; must stay below the visibility timeout."
     )
     max_deliveries: int = Field(
-        3, ge=1, description="Deliveries of one chunk before its files are failed (poison-pill guard)."
+        3,
+        ge=1,
+        description="Times a file may stop its worker (killed, crashed, time limit) before it fails as "
+        "kills_worker; a chunk that lost a delivery is scored one file at a time (poison-pill guard).",
     )
     worker_max_memory_mb: int = Field(
         2048,
@@ -128,6 +131,12 @@ class Settings(BaseSettings):
     recovery_interval_s: float = Field(
         15.0, gt=0, description="How often each worker looks for tasks orphaned by a lost worker."
     )
+    storage_retries: int = Field(
+        5, ge=0, description="Retries of a batch task that found the results folder full or unwritable."
+    )
+    storage_backoff_s: float = Field(
+        5.0, gt=0, description="Wait before the first such retry; doubled for each one after."
+    )
     max_zip_extract_mb: float = Field(8192.0, gt=0, description="Largest uncompressed size of a zip job.")
     job_ttl_hours: float = Field(168.0, gt=0, description="How long finished jobs stay in Redis.")
     # The DICOM node (`squid listen`) and DICOMweb.
@@ -135,7 +144,10 @@ class Settings(BaseSettings):
     dicom_port: int = Field(11112, ge=1, le=65535, description="DIMSE port of `squid listen`.")
     dicom_host: str = Field("127.0.0.1", description="Address `squid listen` binds (0.0.0.0 for all).")
     dicom_allowed_aes: list[str] | None = Field(
-        None, description="Calling AE titles accepted at association; unset = any."
+        None, description="Calling AE titles accepted at association; unset or empty = none."
+    )
+    dicom_allow_any_ae: bool = Field(
+        False, description="Accept every calling AE title (an open node); excludes SQUID_DICOM_ALLOWED_AES."
     )
     dicom_destinations: list[DicomDestination] | None = Field(
         None, description="C-STORE destinations of the results (JSON list); unset = none."
@@ -149,13 +161,41 @@ class Settings(BaseSettings):
         10.0, ge=0, description="A study is scored once no instance arrived for this long."
     )
     dicom_max_association_mb: float = Field(
-        4096.0, gt=0, description="Most data one association may store; beyond, 0xA700 (out of resources)."
+        4096.0, gt=0, description="Most data one association may send; beyond, it is aborted."
+    )
+    dicom_acse_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for an association request after connecting, or an ACSE answer."
+    )
+    dicom_dimse_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest wait for a DIMSE answer (the C-STORE response of a destination)."
+    )
+    dicom_network_timeout_seconds: float = Field(
+        60.0, gt=0, description="An association idle this long, or a PDU stalled this long, is closed."
+    )
+    dicom_max_pdu_bytes: int = Field(
+        262144,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description="Largest PDU accepted; a longer one closes the connection.",
+    )
+    dicom_max_associations: int = Field(16, ge=1, description="Associations the node serves at once.")
+    dicom_max_connections: int = Field(
+        64, ge=1, description="Open connections (associated or not) the node holds at once."
+    )
+    dicom_max_connections_per_peer: int = Field(
+        32, ge=1, description="Open connections one peer address may hold."
     )
     dicom_send_attempts: int = Field(5, ge=1, description="Sends of one result before its dead letter.")
     dicom_retry_seconds: float = Field(
         30.0, ge=0, description="Wait after a failed send (doubles each time)."
     )
     dicom_metrics_port: int | None = Field(None, ge=1, le=65535, description="Prometheus port of the node.")
+    dicom_metrics_host: str | None = Field(
+        None, description="Address of the node's metrics endpoint; unset = dicom_host."
+    )
+    dicom_keep_results_days: float = Field(
+        0.0, ge=0, description="Days the node keeps the SR/SC it queued; 0 = delete once queued for delivery."
+    )
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate: `squid listen` speaks DICOM TLS.")
     dicom_tls_key: Path | None = Field(None, description="PEM private key of that certificate.")
     dicom_tls_ca: Path | None = Field(None, description="CA bundle: when set, callers must present a cert.")
@@ -174,6 +214,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "heartbeat_ttl_s must be at least twice heartbeat_interval_s, or one late beat "
                 "re-publishes a task that is still running"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _node_limits(self) -> Settings:
+        if self.dicom_allow_any_ae and self.dicom_allowed_aes:
+            raise ValueError("set dicom_allowed_aes or dicom_allow_any_ae, not both")
+        if max(self.dicom_max_associations, self.dicom_max_connections_per_peer) > self.dicom_max_connections:
+            raise ValueError(
+                "dicom_max_associations and dicom_max_connections_per_peer must not exceed "
+                "dicom_max_connections"
             )
         return self
 

@@ -4,9 +4,11 @@ Results are filed into the source's study, so its patient and study modules are 
 often lack Type 2 attributes (patient sex, accession number...) that highdicom reads unconditionally;
 those are added *empty* to a private copy (an empty Type 2 value is what the standard asks for when
 a value is unknown), never invented; values that break their VR (a Patient's Age of ``62``
-instead of ``062Y``) are dropped the same way rather than copied into objects a validator refuses.
-The UIDs a result must reference cannot be made up, so their
-absence is a :class:`NotBuilt` with a reason.
+instead of ``062Y``) are dropped the same way rather than copied into objects a validator refuses,
+and so are values highdicom refuses although they fit their VR: a Patient's Sex other than M, F or O
+(``U``, ``MALE``) and a Specific Character Set that is no defined term (``ISO_IR 6``); text that is
+not plain ASCII is then written as UTF-8 (``ISO_IR 192``). The UIDs a result must reference cannot
+be made up, so their absence is a :class:`NotBuilt` with a reason.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import warnings
 from copy import deepcopy
 from io import BytesIO
 
+from highdicom import PatientSexValues
+from highdicom.valuerep import _check_specific_character_set  # what highdicom applies to the source
 from pydicom import config, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -35,6 +39,8 @@ TYPE2_PATIENT_STUDY = (
     "AccessionNumber",
 )
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PATIENT_SEX = {"", *(value.value for value in PatientSexValues)}
+TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
 
 
 def read_source(data: bytes) -> Dataset:
@@ -73,7 +79,35 @@ def reference(source: Dataset) -> Dataset:
         for keyword in TYPE2_PATIENT_STUDY:
             if keyword not in copy:
                 setattr(copy, keyword, None)
+        _fit_highdicom_enumerations(copy)
     return copy
+
+
+def _fit_highdicom_enumerations(copy: Dataset) -> None:
+    if str(copy.PatientSex or "") not in PATIENT_SEX:
+        copy.PatientSex = None
+    charset = copy.get("SpecificCharacterSet")
+    if charset is not None and not _defined_charset(charset):
+        del copy.SpecificCharacterSet
+    if "SpecificCharacterSet" not in copy and not _plain_ascii(copy):
+        copy.SpecificCharacterSet = "ISO_IR 192"
+
+
+def _defined_charset(value: str | list[str]) -> bool:
+    try:
+        _check_specific_character_set(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _plain_ascii(dataset: Dataset) -> bool:
+    for element in dataset.iterall():
+        if element.VR in TEXT_VRS and element.value is not None:
+            values = element.value if element.VM > 1 else [element.value]
+            if not all(str(value).isascii() for value in values):
+                return False
+    return True
 
 
 def _valid(element: DataElement) -> bool:

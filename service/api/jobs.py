@@ -27,7 +27,7 @@ from service.errors import (
     client_closed,
 )
 from service.jobs.archive import check_archive, remove_tree
-from service.jobs.manager import JobManager, JobView
+from service.jobs.manager import JobManager, JobView, results_storage
 from service.uploads import ZIP_TYPES, spool_upload
 
 router = APIRouter(tags=["jobs"])
@@ -51,18 +51,27 @@ class JobFailure(BaseModel):
 
 
 class JobEvent(BaseModel):
-    """One entry of a job's log: ``worker_lost``, a worker stopped beating and its task was sent again."""
+    """One entry of a job's log: ``worker_lost`` (a worker stopped beating and its task was sent
+    again), ``results_disk_full`` / ``results_not_writable`` (a task could not write its results and
+    is retried after ``retry_in_s``; the last one, without it, failed the job)."""
 
     at: str
     event: str
     unit: str = Field(description="What was affected: 'chunk:N', 'plan' or 'finalize'.")
-    worker: str = Field(description="The lost worker (host:pid).")
+    worker: str = Field(description="The worker concerned (host:pid).")
     detail: str
+    retry_in_s: float | None = Field(None, description="When the task is tried again (storage events).")
 
 
 class JobOut(BaseModel):
     """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``out_of_domain`` + ``failed``
-    (of ``total``)."""
+    (of ``total``).
+
+    ``succeeded`` means every file has a result row; files that could not be scored are counted in
+    ``failed`` and ``failures`` (by reason), each with its reason in the results; images the domain
+    gate refused are counted in ``out_of_domain``. ``failed`` means the job itself could not finish
+    (``error`` says why) and publishes no results.
+    """
 
     id: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -78,6 +87,9 @@ class JobOut(BaseModel):
         "no score, their rows say why in domain_reasons."
     )
     failed: int = Field(description="Should have scored but could not (truncated, undecodable, ...).")
+    failures: dict[str, int] = Field(
+        description="The failed files by reason, e.g. {'undecodable': 2, 'kills_worker': 1}."
+    )
     chunks: int
     chunks_done: int
     created_at: str | None
@@ -87,7 +99,9 @@ class JobOut(BaseModel):
     files_per_s: float | None = Field(description="Throughput: done / elapsed.")
     model_version: str | None
     threshold: float | None
-    error: JobFailure | None = Field(description="Why a job failed (state_lost, missing_results, ...).")
+    error: JobFailure | None = Field(
+        description="Why a job failed (results_disk_full, results_not_writable, state_lost, ...)."
+    )
     stage_ms_per_file: dict[str, float] = Field(
         description="Worker time per file by stage (read, decode, preprocess, inference, write), in ms."
     )
@@ -95,7 +109,9 @@ class JobOut(BaseModel):
     chunks_redelivered: int = Field(
         description="Chunks sent again because the worker running them was lost (see events)."
     )
-    events: list[JobEvent] = Field(description="The job's log: worker_lost events, oldest first.")
+    events: list[JobEvent] = Field(
+        description="The job's log, oldest first: worker_lost, results_disk_full, results_not_writable."
+    )
     results: dict[str, str] | None = Field(description="Result URLs once the job succeeded.")
 
 
@@ -138,7 +154,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "zip upload or its uncompressed content too large"),
         (415, "body is neither JSON nor a zip archive"),
         (422, "invalid path or body"),
-        (503, "no broker configured, or Redis unreachable"),
+        (503, "no broker configured, Redis unreachable, or the results folder full / not writable"),
     )
 }
 
@@ -192,7 +208,8 @@ async def _submit_upload(request: Request, manager: JobManager, dicom_out: bool 
     job_id, job_dir = await anyio.to_thread.run_sync(manager.new_job)
     target = job_dir / "upload.zip"
     try:
-        await spool_upload(request, limit, target)
+        with results_storage():
+            await spool_upload(request, limit, target)
         extract_limit = int(settings.max_zip_extract_mb * (1 << 20))
         await anyio.to_thread.run_sync(check_archive, target, extract_limit)
         return await anyio.to_thread.run_sync(manager.submit_zip, job_id, job_dir, dicom_out)

@@ -14,6 +14,7 @@ decodes it, so the pixels are those that were scored.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,8 @@ from model.runtime import ScoreResult, SquidRuntime
 from service.jobs.results import RESULT_FILES, atomic_write
 from service.jobs.rows import Reason, to_csv, to_jsonl
 from service.jobs.walker import resolve_inside
+
+log = logging.getLogger(__name__)
 
 FOLDER = "dicom"
 CSV_NAME = RESULT_FILES[("dicom", "csv")]
@@ -41,33 +44,36 @@ def reset(job_dir: Path) -> None:
     shutil.rmtree(job_dir / ".work" / FOLDER, ignore_errors=True)
 
 
-def write_chunk(
+def records(
     runtime: SquidRuntime,
     root: Path,
     results: dict[str, ScoreResult],
     job_dir: Path,
-    index: int,
     max_pixels: int,
-) -> int:
-    """Build and write the objects of one chunk's scored files (``results``: path -> result).
+) -> list[dict[str, Any]]:
+    """Build and write the objects of scored files (``results``: path -> result); their records.
 
-    Returns how many objects were written. Never raises for a single file: its row carries the reason.
+    Never raises for a single file: its record carries the reason. A results folder that cannot be
+    written raises (``OSError``), so the chunk is retried instead of silently losing objects.
     """
     model = ModelInfo.from_metadata(runtime.metadata)
-    records = [
+    return [
         record
         for path, result in results.items()
         for record in _objects(root, path, result, model, job_dir, max_pixels)
     ]
-    atomic_write(chunk_file(job_dir, index), to_jsonl(records))
-    return sum(1 for record in records if record["kind"])
+
+
+def write_chunk(job_dir: Path, index: int, chunk_records: list[dict[str, Any]]) -> int:
+    """Record what one chunk wrote (replacing an earlier delivery's record); returns its object count."""
+    atomic_write(chunk_file(job_dir, index), to_jsonl(chunk_records))
+    return sum(1 for record in chunk_records if record["kind"])
 
 
 def _objects(
     root: Path, path: str, result: ScoreResult, model: ModelInfo, job_dir: Path, max_pixels: int
 ) -> list[dict[str, Any]]:
-    """The records of one file. A source that cannot be read or built gets a reason; a results folder
-    that cannot be written raises, so the chunk is retried instead of silently losing objects."""
+    """The records of one file. A source that cannot be read or built gets a reason."""
     try:
         data = resolve_inside(root, path).read_bytes()
     except OSError as exc:  # the message would quote the path; the code says enough
@@ -78,6 +84,7 @@ def _objects(
             return []
         built = build_for_upload(data, decoded, result, model)
     except (NotBuilt, ImageRejected) as exc:  # ImageRejected: the file changed since it was scored
+        log.warning("no SR/SC for a scored image: %s", exc.reason, extra={"detail": exc.detail})
         return [_row(path, "", reason=exc.reason, detail=exc.detail)]
     source_uid = decoded.info.sop_instance_uid or ""
     return [

@@ -36,6 +36,7 @@ class BatchSummary:
     timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     walk_seconds: float = 0.0
     dicom_objects: int | None = None  # with dicom_out: SR and SC files written
+    failures: Counter[str] = field(default_factory=Counter)  # failed files by reason
 
     @property
     def files_per_s(self) -> float:
@@ -80,6 +81,7 @@ def run_inprocess(
         else NullCache()
     )
     counts: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
     timing = dict.fromkeys(STAGES, 0.0)
     try:
         for index, chunk in enumerate(chunks):
@@ -88,10 +90,12 @@ def run_inprocess(
             )
             write_started = time.perf_counter()
             if dicom_out:
-                dicom_outputs.write_chunk(rt, root, outcome.results, out, index, settings.max_pixels)
+                made = dicom_outputs.records(rt, root, outcome.results, out, settings.max_pixels)
+                dicom_outputs.write_chunk(out, index, made)
             store.write_chunk(index, outcome.rows)
             outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
             counts.update(outcome.summary())
+            failures.update(outcome.failures())
             for stage in STAGES:
                 timing[stage] += outcome.timing_ms.get(stage, 0.0)
             if on_progress:
@@ -111,4 +115,5 @@ def run_inprocess(
         timing_ms=timing,
         walk_seconds=walked - started,
         dicom_objects=objects,
+        failures=failures,
     )

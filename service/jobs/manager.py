@@ -8,10 +8,13 @@ reason code and the HTTP status to answer with.
 from __future__ import annotations
 
 import errno
+import logging
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -41,8 +44,11 @@ from service.jobs.state import (
     read_record,
     write_record,
 )
+from service.jobs.storage import describe, storage_reason
 from service.jobs.walker import is_inside
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_PATH_BYTES = 1024
@@ -83,6 +89,7 @@ class JobView:
     dicom_out: bool = False
     chunks_redelivered: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)  # failed rows by reason
 
     @property
     def finished(self) -> bool:
@@ -169,7 +176,8 @@ class JobManager:
     def new_job(self) -> tuple[str, Path]:
         job_id = uuid.uuid4().hex
         job_dir = self.results_dir / job_id
-        job_dir.mkdir(parents=True)
+        with results_storage():
+            job_dir.mkdir(parents=True)
         return job_id, job_dir
 
     def submit_folder(
@@ -211,7 +219,12 @@ class JobManager:
             "created_at": created,
             "dicom_out": "1" if dicom_out else "0",
         }
-        write_record(job_dir, record)
+        try:
+            with results_storage():
+                write_record(job_dir, record)
+        except JobError:
+            shutil.rmtree(job_dir, ignore_errors=True)  # nothing of this job exists yet
+            raise
         try:
             self.state.create(
                 job_id,
@@ -298,6 +311,21 @@ class JobManager:
         return copied
 
 
+@contextmanager
+def results_storage() -> Iterator[None]:
+    """A results folder that is full or cannot be written is a 503 with its reason, not a 500."""
+    try:
+        yield
+    except OSError as exc:
+        reason = storage_reason(exc)
+        if reason is None:
+            raise
+        log.error("the results folder cannot be written (%s): no job accepted", describe(exc))
+        raise JobError(
+            503, reason, f"the service cannot write job results ({describe(exc)}); try again later"
+        ) from None
+
+
 def _view(data: dict[str, Any], progress: dict[str, Any]) -> JobView:
     done = sum(int(progress.get(name, 0) or 0) for name in COUNT_KEYS)
     counts = published_counts(progress)
@@ -330,5 +358,6 @@ def _view(data: dict[str, Any], progress: dict[str, Any]) -> JobView:
         dicom_out=str(data.get("dicom_out", "")) == "1",
         chunks_redelivered=int(data.get("chunks_redelivered") or 0),
         events=parse_events(data.get("events")),
+        failures={str(k): int(v) for k, v in (progress.get("failures") or {}).items()},
         **counts,
     )

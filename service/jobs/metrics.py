@@ -7,7 +7,8 @@ one port from the worker's main process, together with the queue and job gauges 
 scrape time (:class:`BacklogCollector`). The API process does not import this module.
 
 Metric                                   type       labels
-squid_batch_tasks_total                  counter    task (plan|chunk|finalize), outcome
+squid_batch_tasks_total                  counter    task (plan|chunk|finalize), outcome (succeeded|failed|
+                                                    cancelled|dropped|duplicate|requeued|retried|deferred)
 squid_batch_files_total                  counter    outcome (scored|resumed|skipped|failed), reason
 squid_batch_inference_seconds            histogram  -           one batched inference call
 squid_batch_inference_batch_size         histogram  -           images per inference call

@@ -53,15 +53,6 @@ redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 return 1
 """
 
-# KEYS: job. ARGV: event line, 1 when a chunk was re-published.
-_RECORD_EVENT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local events = redis.call('HGET', KEYS[1], 'events') or ''
-redis.call('HSET', KEYS[1], 'events', events .. ARGV[1] .. '\\n')
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'chunks_redelivered', 1) end
-return 1
-"""
-
 Send = Callable[[InFlight], None]
 
 
@@ -87,7 +78,6 @@ class Reaper:
         self.leases = Leases(state)
         self.client = state.client
         self._take_over = self.client.register_script(_TAKE_OVER)
-        self._record = self.client.register_script(_RECORD_EVENT)
 
     def sweep(self) -> list[Recovered]:
         recovered = []
@@ -126,7 +116,7 @@ class Reaper:
             "worker": lost,
             "detail": f"no heartbeat for {silent:g} s: the task was sent again",
         }
-        self._record(keys=[self.state.key(job_id)], args=[json.dumps(event), "1" if chunk else "0"])
+        self.state.record_event(job_id, event, redelivered=bool(chunk))
         self.leases.release(job_id, entry.unit, token)
         self._forget_delivery(entry.task_id)
         log.warning("job %s: worker %s was lost running %s; sent it again", job_id, lost, entry.unit)
@@ -151,13 +141,20 @@ class Reaper:
 
 def resend(entry: InFlight) -> None:
     """Send a unit's task again on the worker's own Celery app, with a fresh enqueue time."""
+    send_again(entry.task, entry.args, entry.kwargs)
+
+
+def send_again(task: str, args: list[Any], kwargs: dict[str, Any], countdown: float = 0.0) -> None:
+    """Send ``task`` again on the worker's own Celery app, due in ``countdown`` seconds; its enqueue
+    time is when it becomes due (the queue-wait metric does not count a back-off as waiting)."""
     from service.jobs.celery_app import app
 
-    args = [dict(arg, enqueued_at=time.time()) if isinstance(arg, dict) else arg for arg in entry.args]
-    kwargs = dict(entry.kwargs)
+    due = time.time() + countdown
+    args = [dict(arg, enqueued_at=due) if isinstance(arg, dict) else arg for arg in args]
+    kwargs = dict(kwargs)
     if "enqueued_at" in kwargs:
-        kwargs["enqueued_at"] = time.time()
-    app.send_task(entry.task, args=args, kwargs=kwargs, queue=get_settings().queue)
+        kwargs["enqueued_at"] = due
+    app.send_task(task, args=args, kwargs=kwargs, queue=get_settings().queue, countdown=countdown or None)
 
 
 class ReaperThread:

@@ -1,10 +1,13 @@
 """Result rows: one per file of a job, the study roll-up, and their CSV / JSON Lines encodings.
 
 Reason codes are those of ``POST /score`` (:class:`model.imaging.Reason`) plus a few only a folder
-walk can meet. A *skipped* file is not scoreable by design (not an image, no pixels); an
-*out_of_domain* file is an image the domain gate (:mod:`model.domain`) refused, with its reasons in
-``domain_reasons``; a *failed* file should have been scoreable but could not be read or decoded.
-``warnings`` are the soft findings of every decoded file (``outside_training_population`` among them).
+walk or a worker can meet: ``kills_worker`` (the file alone stopped its worker process every time it
+was tried: :mod:`service.jobs.isolation`), ``worker_lost`` (its chunk kept being lost between files),
+``model_mismatch`` (no worker with the job's model took it). A *skipped* file is not scoreable by
+design (not an image, no pixels); an *out_of_domain* file is an image the domain gate
+(:mod:`model.domain`) refused, with its reasons in ``domain_reasons``; a *failed* file should have
+been scoreable but could not be read, decoded or scored. ``warnings`` are the soft findings of every
+decoded file (``outside_training_population`` among them).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Reason(StrEnum):
     INFERENCE_ERROR = "inference_error"
     MODEL_MISMATCH = "model_mismatch"
     WORKER_LOST = "worker_lost"
+    KILLS_WORKER = "kills_worker"
     SYMLINK_LOOP = "symlink_loop"
     NAME_TOO_LONG = "name_too_long"
     PATH_CONFLICT = "path_conflict"

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,43 @@ class ChunkOutcome:
 
     def summary(self) -> dict[str, int]:
         return {key: int(self.counts.get(key, 0)) for key in COUNT_KEYS}
+
+    def failures(self) -> dict[str, int]:
+        """Failed rows by reason (what the job view shows as ``failures``)."""
+        return {reason: n for (status, reason), n in sorted(self.reasons.items()) if status == Status.FAILED}
+
+    def add(self, other: ChunkOutcome) -> None:
+        """Take in the outcome of more files of the chunk (one file at a time after a lost delivery)."""
+        self.rows += other.rows
+        self.counts.update(other.counts)
+        self.reasons.update(other.reasons)
+        for stage, ms in other.timing_ms.items():
+            self.timing_ms[stage] = self.timing_ms.get(stage, 0.0) + ms
+        self.results.update(other.results)
+
+    def add_row(self, row: Row) -> None:
+        """A row decided without scoring (a file not tried again); it must not be a scored row."""
+        self.rows.append(row)
+        self.counts[row.status] += 1
+        self.reasons[(row.status, row.reason)] += 1
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but ``results`` (anomaly maps stay in memory), for a chunk scored in steps."""
+        return {
+            "rows": [row.to_json() for row in self.rows],
+            "counts": dict(self.counts),
+            "reasons": [[status, reason, n] for (status, reason), n in self.reasons.items()],
+            "timing_ms": self.timing_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChunkOutcome:
+        return cls(
+            rows=[Row.from_json(row) for row in data["rows"]],
+            counts=Counter(data["counts"]),
+            reasons=Counter({(status, reason): n for status, reason, n in data["reasons"]}),
+            timing_ms=dict(data["timing_ms"]),
+        )
 
 
 @dataclass

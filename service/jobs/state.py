@@ -4,14 +4,18 @@ Keys (``P`` = the configured key prefix):
 
 * ``P:job:ID`` hash: state, source, label, root, job_dir, created/started/finished times, total,
   chunks, model version and namespace, threshold, error reason/detail, ``chunks_sent`` (how many
-  chunks planning has sent, so a plan run again does not send them twice), planned flag.
+  chunks planning has sent, so a plan run again does not send them twice), planned flag,
+  ``storage_failures`` and ``storage_retry_at`` (the back-off of a job whose results folder is full
+  or unwritable: :func:`service.jobs.tasks.common.retry_storage`).
 * ``P:job:ID:chunks`` hash: chunk index -> JSON counts of a *finished* chunk. Progress is the sum of
   this hash, so a chunk finishing twice counts once.
 * ``P:job:ID:attempts`` hash: chunk index (or ``plan``) -> deliveries seen (poison-pill guard).
+* ``P:job:ID:isolation`` hash: chunk index -> JSON of a chunk being scored, and after a lost
+  delivery re-scored file by file (:mod:`service.jobs.isolation`).
 * ``P:jobs:active`` set of queued/running job ids (for the backlog gauge).
 * ``P:job:ID:inflight`` hash and ``P:job:ID:lease:UNIT`` keys: running tasks and their heartbeat
   leases (:mod:`service.jobs.heartbeat`); ``chunks_redelivered`` and ``events`` in the job hash are
-  written by the reaper (:mod:`service.jobs.recovery`).
+  written by the reaper (:mod:`service.jobs.recovery`) and by the storage retries.
 
 State changes are compare-and-set Lua scripts: a job only moves forward (queued -> running ->
 succeeded | failed | cancelled), and writes for a job Redis no longer knows are refused, so a
@@ -39,6 +43,7 @@ ACTIVE_STATES = (QUEUED, RUNNING)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 COUNT_KEYS = ("scored", "resumed", "skipped", "out_of_domain", "failed")
 PLAN_ATTEMPT = "plan"  # the planning task's field in the attempts hash (chunks use their index)
+JOB_KEY_SUFFIXES = ("", ":chunks", ":attempts", ":inflight", ":isolation")
 
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -60,6 +65,20 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return redis.call('HLEN', KEYS[2])
 """
 
+_STORAGE_FAILURE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'storage_failures', 1)
+"""
+
+# KEYS: job. ARGV: event line, 1 when a chunk was re-published.
+_RECORD_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local events = redis.call('HGET', KEYS[1], 'events') or ''
+redis.call('HSET', KEYS[1], 'events', events .. ARGV[1] .. '\\n')
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'chunks_redelivered', 1) end
+return 1
+"""
+
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -77,6 +96,8 @@ class JobState:
         self.prefix = prefix
         self._transition = client.register_script(_TRANSITION)
         self._record = client.register_script(_RECORD_CHUNK)
+        self._event = client.register_script(_RECORD_EVENT)
+        self._storage_failure = client.register_script(_STORAGE_FAILURE)
 
     def key(self, job_id: str, suffix: str = "") -> str:
         return f"{self.prefix}:job:{job_id}{suffix}"
@@ -115,7 +136,7 @@ class JobState:
         if changed:
             with self.client.pipeline() as pipe:
                 pipe.srem(self.active_key, job_id)
-                for suffix in ("", ":chunks", ":attempts", ":inflight"):
+                for suffix in JOB_KEY_SUFFIXES:
                     pipe.expire(self.key(job_id, suffix), ttl_s)
                 pipe.execute()
         return changed
@@ -123,6 +144,29 @@ class JobState:
     def attempt(self, job_id: str, index: int | str) -> int:
         """Count one more delivery of a chunk (its index) or of planning (:data:`PLAN_ATTEMPT`)."""
         return int(self.client.hincrby(self.key(job_id, ":attempts"), str(index), 1))
+
+    def unattempt(self, job_id: str, index: int | str) -> None:
+        """Take back a delivery that stopped for a reason of its own (a full disk), not the poison guard's."""
+        self.client.hincrby(self.key(job_id, ":attempts"), str(index), -1)
+
+    def storage_failure(self, job_id: str) -> int:
+        """Count one more failed write to the job's results folder; the count (-1: unknown job)."""
+        return int(self._storage_failure(keys=[self.key(job_id)]))
+
+    def hold_storage(self, job_id: str, until: float) -> None:
+        """No task of the job writes before ``until`` (epoch seconds): the back-off of a full disk."""
+        self.transition(job_id, ACTIVE_STATES, {"storage_retry_at": f"{until:.3f}"})
+
+    def storage_retry_at(self, job_id: str) -> float:
+        """When the job's tasks may write again (0: no back-off)."""
+        raw = self.client.hget(self.key(job_id), "storage_retry_at")
+        return float(raw) if raw else 0.0
+
+    def record_event(self, job_id: str, event: dict[str, Any], redelivered: bool = False) -> bool:
+        """Append ``event`` to the job's log (``events`` in the view and ``job.json``); ``redelivered``
+        also counts a chunk sent again. False when the job is unknown."""
+        args = [json.dumps(event), "1" if redelivered else "0"]
+        return bool(self._event(keys=[self.key(job_id)], args=args))
 
     def record_chunk(self, job_id: str, index: int, counts: dict[str, Any]) -> int:
         """Store a finished chunk's counts; returns how many chunks are finished (-1: unknown job)."""
@@ -133,9 +177,11 @@ class JobState:
         return {int(_text(k)) for k in self.client.hkeys(self.key(job_id, ":chunks"))}
 
     def progress(self, job_id: str) -> dict[str, Any]:
-        """Summed counts of the finished chunks, ``chunks_done``, and ``stage_ms`` totals per stage."""
+        """Summed counts of the finished chunks, ``chunks_done``, ``stage_ms`` totals per stage and
+        ``failures`` (failed rows by reason)."""
         totals: dict[str, Any] = dict.fromkeys((*COUNT_KEYS, "chunks_done"), 0)
         stages: dict[str, float] = {}
+        failures: dict[str, int] = {}
         for value in self.client.hvals(self.key(job_id, ":chunks")):
             counts = json.loads(value)
             totals["chunks_done"] += 1
@@ -143,7 +189,10 @@ class JobState:
                 totals[name] += counts.get(name, 0)
             for stage, ms in (counts.get("stage_ms") or {}).items():
                 stages[stage] = stages.get(stage, 0.0) + ms
+            for reason, number in (counts.get("failures") or {}).items():
+                failures[reason] = failures.get(reason, 0) + number
         totals["stage_ms"] = {stage: round(ms, 3) for stage, ms in stages.items()}
+        totals["failures"] = dict(sorted(failures.items()))
         return totals
 
     def close(

@@ -1,4 +1,4 @@
-"""DICOMweb with dicomweb-client: find studies (QIDO-RS), pull them (WADO-RS), send results (STOW-RS).
+"""DICOMweb with dicomweb-client: find studies (QIDO-RS) and pull them (WADO-RS); :mod:`stow` sends results.
 
 A pulled study is written as plain DICOM files into a folder, which then goes through the same batch
 path as any PACS export folder, so a pulled study gets the same rows, scores and SR/SC as a folder.
@@ -19,20 +19,29 @@ from service.settings import Settings
 DATE = re.compile(r"^\d{8}$")
 
 
-def client_for(settings: Settings, url: str | None = None) -> Any:
-    """A DICOMwebClient for ``url`` (default ``SQUID_DICOMWEB_URL``) with the configured credentials."""
-    from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
-
+def base_url(settings: Settings, url: str | None = None) -> str:
+    """``url``, or ``SQUID_DICOMWEB_URL``, without a trailing slash."""
     base = url or settings.dicomweb_url
     if not base:
         raise ValueError("no DICOMweb URL: pass --dicomweb or set SQUID_DICOMWEB_URL")
+    return base.rstrip("/")
+
+
+def session_for(settings: Settings) -> Any:
+    """A requests session with the configured DICOMweb credentials."""
+    from dicomweb_client.session_utils import create_session, create_session_from_user_pass
+
     if settings.dicomweb_username:
         password = settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else ""
-        session = create_session_from_user_pass(settings.dicomweb_username, password)
-    else:
-        session = create_session()
-    return DICOMwebClient(url=base, session=session)
+        return create_session_from_user_pass(settings.dicomweb_username, password)
+    return create_session()
+
+
+def client_for(settings: Settings, url: str | None = None) -> Any:
+    """A DICOMwebClient for ``url`` (default ``SQUID_DICOMWEB_URL``) with the configured credentials."""
+    from dicomweb_client.api import DICOMwebClient
+
+    return DICOMwebClient(url=base_url(settings, url), session=session_for(settings))
 
 
 def study_date_range(since: date | None, until: date | None) -> str:

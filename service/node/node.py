@@ -11,9 +11,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from pynetdicom.transport import ThreadedAssociationServer
-
 from model.runtime import SquidRuntime
+from service.node.guard import GuardedServer
+from service.node.kept import KeptResults
 from service.node.metrics import NodeMetrics
 from service.node.scp import start_scp
 from service.node.send import Dispatcher, senders_for
@@ -46,7 +46,10 @@ class Node:
             self.settings.dicom_send_attempts,
             self.settings.dicom_retry_seconds,
         )
-        self.server: ThreadedAssociationServer | None = None
+        self.kept = KeptResults(
+            self.settings.results_dir.resolve() / "node", self.settings.dicom_keep_results_days
+        )
+        self.server: GuardedServer | None = None
         self.threads: list[threading.Thread] = []
 
     def _depth(self, stage: str) -> int:
@@ -66,8 +69,9 @@ class Node:
                 threshold=s.threshold,
             )
         scorer = StudyScorer(self.settings, runtime)
-        if self.settings.dicom_metrics_port:
-            self.metrics.serve(self.settings.dicom_metrics_port)
+        metrics_port = self.settings.dicom_metrics_port
+        if metrics_port:
+            self.metrics.serve(metrics_port, self.settings.dicom_metrics_host or self.settings.dicom_host)
         self.threads = [
             threading.Thread(target=self._study_loop, args=(scorer,), name="studies", daemon=True),
             threading.Thread(target=self._send_loop, name="send", daemon=True),
@@ -79,13 +83,14 @@ class Node:
     def _study_loop(self, scorer: StudyScorer) -> None:
         destinations = sorted(self.senders)
         while not self.stopping.is_set():
+            self.kept.sweep_when_due()
             for study in self.spool.quiet_studies(self.settings.dicom_quiet_seconds):
                 self.spool.close_study(study)
             for batch in self.spool.batches():
                 if self.stopping.is_set():
                     return
                 try:
-                    process_batch(self.spool, scorer, destinations, batch, self.metrics)
+                    process_batch(self.spool, scorer, destinations, batch, self.metrics, self.kept)
                 except Exception as exc:  # the batch stays in scoring/ and is tried again
                     self.metrics.studies.labels("failed").inc()
                     log.error("scoring a study failed, retrying: %s", type(exc).__name__)

@@ -1,13 +1,15 @@
 """The node's spool: every received instance and every unsent result lives here, on disk, first.
 
-A C-STORE is answered with success only after its instance is on disk (written to a temporary file,
-fsynced, renamed into place, the folder fsynced), so a crash after the answer loses nothing. Folders:
+A C-STORE is answered with success only after its instance is on disk (streamed into a temporary
+file, fsynced, renamed into place, the folder fsynced), so a crash after the answer loses nothing. A
+temporary file that cannot be finished (a full disk) is removed on the spot, never left to fill it.
+Folders:
 
 ``incoming/<StudyInstanceUID>/<SOPInstanceUID>.dcm``  received, study still open
 ``scoring/<batch>/``                                   a study closed after its quiet time, being scored
 ``outbox/<destination>/<kind>-<SOP UID>.dcm``          results waiting for their destination's ack
 ``dead/<destination>/``                                results given up on after the last attempt
-``tmp/``                                               half-written files (cleared at start)
+``tmp/``                                               files being received or written (cleared at start)
 
 Study and SOP UIDs come from the sender, so they are checked against the UID grammar before they
 become names. One process owns one spool (the listener); the lock orders the receiving threads and
@@ -33,8 +35,9 @@ def is_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and bool(UID_PATTERN.match(value))
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file's data or a folder's entries (any descriptor of a file flushes all its writes)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -62,25 +65,34 @@ class Spool:
     def write_durably(self, target: Path, data: bytes) -> None:
         """Write ``data`` to ``target`` so that it is complete on disk when this returns."""
         tmp = self.folder("tmp") / f"{uuid.uuid4().hex}.part"
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
+            with tmp.open("wb") as handle:
+                handle.write(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.commit(tmp, target)
+
+    def commit(self, tmp: Path, target: Path) -> None:
+        """Make the written file ``tmp`` (in ``tmp/``) durable as ``target``; on any failure ``tmp`` is
+        removed and the error raised."""
+        try:
+            fsync_path(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        fsync_dir(target.parent)
+        fsync_path(target.parent)
 
-    def put_instance(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
-        """File one received instance under its open study; a re-sent instance replaces itself."""
+    def put_instance(self, study_uid: str, sop_uid: str, received: Path) -> Path:
+        """File one instance received into ``received`` (a file in ``tmp/``) under its open study; a
+        re-sent instance replaces itself."""
         if not (is_uid(study_uid) and is_uid(sop_uid)):
             raise ValueError("Study or SOP Instance UID is not a valid UID")
         with self.lock:
             target = self.folder("incoming") / study_uid / f"{sop_uid}.dcm"
-            self.write_durably(target, data)
+            self.commit(received, target)
         return target
 
     def quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[Path]:
@@ -98,8 +110,8 @@ class Spool:
         with self.lock:
             batch = self.folder("scoring") / f"{study.name}~{time.time_ns()}"
             os.replace(study, batch)
-            fsync_dir(study.parent)
-            fsync_dir(batch.parent)
+            fsync_path(study.parent)
+            fsync_path(batch.parent)
         return batch
 
     def batches(self) -> list[Path]:
@@ -116,7 +128,7 @@ class Spool:
     def finish_batch(self, batch: Path) -> None:
         """The batch's results are all in the outboxes: drop its instances."""
         shutil.rmtree(batch)
-        fsync_dir(batch.parent)
+        fsync_path(batch.parent)
 
     def pending(self, destination: str) -> list[Path]:
         folder = self.folder("outbox") / destination
@@ -129,7 +141,7 @@ class Spool:
         """The destination stored it: forget it and its attempt count."""
         item.unlink(missing_ok=True)
         attempts_file(item).unlink(missing_ok=True)
-        fsync_dir(item.parent)
+        fsync_path(item.parent)
 
     def dead_letter(self, destination: str, item: Path) -> Path:
         target = self.folder("dead") / destination / item.name
@@ -138,8 +150,8 @@ class Spool:
         attempts = attempts_file(item)
         if attempts.exists():
             os.replace(attempts, attempts_file(target))
-        fsync_dir(item.parent)
-        fsync_dir(target.parent)
+        fsync_path(item.parent)
+        fsync_path(target.parent)
         return target
 
     def count(self, name: str) -> int:

@@ -4,6 +4,8 @@ Scoring is the same code as ``squid batch FOLDER --dicom-out``: in this process 
 set, on the Celery workers otherwise (the workers must see the spool folder). A batch leaves
 ``scoring/`` only after every result object is in every destination's outbox, so a crash while
 scoring scores the batch again at restart; that re-run makes the same UIDs, so nothing duplicates.
+The scorer's own copy of the objects is then deleted or kept (:mod:`service.node.kept`); an image
+that got no SR/SC is counted by reason (``squid_node_results_not_built_total``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from model.runtime import SquidRuntime
 from service.jobs import dicom_outputs
+from service.node.kept import KeptResults
 from service.node.metrics import NodeMetrics
 from service.node.spool import Spool
 from service.settings import Settings
@@ -66,13 +69,12 @@ class StudyScorer:
         return manager.job_dir(view.id)
 
 
-def result_files(results: Path) -> list[Path]:
-    """The SR and SC files a scored batch produced (from its ``dicom_outputs.jsonl``)."""
+def output_records(results: Path) -> list[dict[str, str]]:
+    """The rows of a scored batch's ``dicom_outputs.jsonl``: one per object, or one with a reason."""
     index = results / dicom_outputs.JSONL_NAME
     if not index.exists():
         return []
-    records = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
-    return [results / record["file"] for record in records if record.get("kind")]
+    return [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
 
 
 def image_outcomes(results: Path) -> dict[str, int]:
@@ -90,17 +92,27 @@ def image_outcomes(results: Path) -> dict[str, int]:
 
 
 def process_batch(
-    spool: Spool, scorer: StudyScorer, destinations: list[str], batch: Path, metrics: NodeMetrics
+    spool: Spool,
+    scorer: StudyScorer,
+    destinations: list[str],
+    batch: Path,
+    metrics: NodeMetrics,
+    kept: KeptResults,
 ) -> int:
     """Score one batch and queue its results for every destination; returns the objects queued."""
     results = scorer.score(batch)
-    files = result_files(results)
+    records = output_records(results)
+    files = [results / record["file"] for record in records if record.get("kind")]
     for destination in destinations:
         for path in files:
             spool.queue_result(destination, path)
+    kept.hand_over(batch.name, files, delivered=bool(destinations))
     outcomes = image_outcomes(results)
     for outcome, count in outcomes.items():
         metrics.images.labels(outcome).inc(count)
+    for record in records:
+        if not record.get("kind"):  # the scorer logged why
+            metrics.not_built.labels(record.get("reason") or "unknown").inc()
     spool.finish_batch(batch)
     metrics.studies.labels("scored").inc()
     log.info(

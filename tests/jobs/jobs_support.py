@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import redis
 
+from service.settings import Settings
 from tests.net_support import (
     free_port,
     metric_value,  # noqa: F401  (re-exported for the tests)
@@ -281,3 +283,68 @@ def freeze_holding_a_chunk(worker: Worker, client: redis.Redis, prefix: str, job
     if index is None:
         worker.thaw()
     return index
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    """The settings of ``env`` (a :func:`job_env`) for a manager or in-process run in the test."""
+    return Settings(
+        broker_url=env["SQUID_BROKER_URL"],
+        queue=env["SQUID_QUEUE"],
+        key_prefix=env["SQUID_KEY_PREFIX"],
+        results_dir=Path(env["SQUID_RESULTS_DIR"]),
+        import_root=Path(env["SQUID_IMPORT_ROOT"]),
+        chunk_size=int(env["SQUID_CHUNK_SIZE"]),
+        visibility_timeout_s=int(env["SQUID_VISIBILITY_TIMEOUT_S"]),
+        task_time_limit_s=int(env["SQUID_TASK_TIME_LIMIT_S"]),
+    )
+
+
+@dataclass
+class ApiStack:
+    """A redis-server, one ``squid worker`` and ``squid serve`` of one test module."""
+
+    tmp: Path
+    env: dict[str, str]
+    redis: RedisServer
+    worker: Worker
+    api: Api
+    http: httpx.Client
+
+    @property
+    def import_root(self) -> Path:
+        return Path(self.env["SQUID_IMPORT_ROOT"])
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.env["SQUID_RESULTS_DIR"])
+
+
+@contextmanager
+def api_stack(tmp: Path, redis_server: RedisServer, env: dict[str, str]) -> Iterator[ApiStack]:
+    """Start a worker and the API on ``env``; stop them and ``redis_server`` afterwards."""
+    worker = None
+    api = None
+    try:
+        worker = start_worker(env, tmp / "worker.log")
+        api = start_api(env, tmp / "api.log")
+        with api.client() as http:
+            yield ApiStack(tmp, env, redis_server, worker, api, http)
+    finally:
+        if api is not None:
+            api.stop()
+        if worker is not None:
+            worker.stop()
+        redis_server.kill()
+
+
+def wait_job(http: httpx.Client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+    """``GET /jobs/{id}`` until the job ended; its last view."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = http.get(f"/jobs/{job_id}")
+        assert view.status_code == 200, view.text
+        body: dict[str, Any] = view.json()
+        if body["state"] in ("succeeded", "failed", "cancelled"):
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not finish")

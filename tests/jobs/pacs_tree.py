@@ -11,6 +11,7 @@ import csv
 import os
 import shutil
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -51,6 +52,16 @@ class Expected:
     study: dict[str, str] = field(default_factory=dict)
     domain: dict[str, str] = field(default_factory=dict)  # the domain gate's reasons, ';'-joined
     warning: dict[str, str] = field(default_factory=dict)  # a warning the row must carry
+
+    def failures(self) -> dict[str, int]:
+        """Failed files by reason (what a job's view shows as ``failures``)."""
+        return dict(Counter(reason for status, reason in self.outcome.values() if status == "failed"))
+
+    def failed_summary(self) -> str:
+        """How ``squid batch`` sums the failed files up: ``failed 3 (empty_image 1, ...)``."""
+        failures = self.failures()
+        reasons = ", ".join(f"{reason} {number}" for reason, number in sorted(failures.items()))
+        return f"failed {sum(failures.values())} ({reasons})"
 
     def add(
         self, path: str, status: str, reason: str = "", sop: str = "", study: str = "", domain: str = ""

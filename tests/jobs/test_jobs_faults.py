@@ -23,7 +23,6 @@ import redis
 
 from service.jobs.inprocess import run_inprocess
 from service.jobs.manager import JobError, JobManager, JobView
-from service.settings import Settings
 from tests.jobs.jobs_support import (
     JOB_TIMEOUT_S,
     RedisServer,
@@ -31,6 +30,7 @@ from tests.jobs.jobs_support import (
     freeze_holding_a_chunk,
     job_env,
     metric_value,
+    settings_for,
     start_worker,
     wait_for,
 )
@@ -39,19 +39,6 @@ from tests.jobs.pacs_tree import build_bulk_tree
 pytestmark = pytest.mark.slow  # own redis-server and workers per test, killed and restarted
 
 FILES = 120
-
-
-def settings_for(env: dict[str, str]) -> Settings:
-    return Settings(
-        broker_url=env["SQUID_BROKER_URL"],
-        queue=env["SQUID_QUEUE"],
-        key_prefix=env["SQUID_KEY_PREFIX"],
-        results_dir=Path(env["SQUID_RESULTS_DIR"]),
-        import_root=Path(env["SQUID_IMPORT_ROOT"]),
-        chunk_size=int(env["SQUID_CHUNK_SIZE"]),
-        visibility_timeout_s=int(env["SQUID_VISIBILITY_TIMEOUT_S"]),
-        task_time_limit_s=int(env["SQUID_TASK_TIME_LIMIT_S"]),
-    )
 
 
 @contextmanager
@@ -219,12 +206,13 @@ def test_pool_processes_over_the_memory_limit_are_replaced_and_the_job_completes
         assert len(loaded) >= 3, "every task leaves its process above 1 MB, so each is replaced"
 
 
-def test_a_chunk_past_the_task_time_limit_becomes_worker_lost_rows(
+def test_a_file_past_the_task_time_limit_fails_alone_and_its_chunk_is_scored(
     tmp_path: Path, bulk: tuple[Path, list[str]]
 ) -> None:
     """A read that never returns (a FIFO where a file was: a hung network share) holds its chunk past
-    the hard time limit on every delivery; after ``max_deliveries`` its files are ``worker_lost``
-    rows, the rest of the job is scored and the job finishes."""
+    the hard time limit. The chunk is then scored one file at a time: its three healthy files are
+    scored, and the hung file, once it has stopped its worker ``max_deliveries`` times, is a
+    ``kills_worker`` row; the rest of the job is scored and the job finishes."""
     root, paths = bulk
     last_chunk = sorted(paths)[-4:]  # the walk order is the sorted relative paths; chunks of 4
     with one_worker_stack(tmp_path, persistent=False) as (_, manager, worker):
@@ -241,14 +229,15 @@ def test_a_chunk_past_the_task_time_limit_becomes_worker_lost_rows(
             worker.thaw()
         final = follow(manager, job.id)
         assert final.state == "succeeded", final
-        assert (final.total, final.scored, final.failed) == (FILES, FILES - 4, 4), final
+        assert (final.total, final.scored, final.failed) == (FILES, FILES - 1, 1), final
+        assert final.failures == {"kills_worker": 1}, final
         rows = rows_of(manager, job.id)
         assert sorted(row["path"] for row in rows) == sorted(paths), "every file exactly once"
         lost = {row["path"]: row for row in rows if row["status"] != "scored"}
-        assert sorted(lost) == last_chunk
-        for row in lost.values():
-            assert (row["status"], row["reason"]) == ("failed", "worker_lost"), row
-            assert "time limit" in row["detail"], row
+        assert sorted(lost) == last_chunk[-1:]
+        row = lost[last_chunk[-1]]
+        assert (row["status"], row["reason"]) == ("failed", "kills_worker"), row
+        assert "time limit" in row["detail"], row
         limit = manager.settings.task_time_limit_s
         logs = worker.logs()
         assert f"Hard time limit ({limit}s) exceeded" in logs, logs[-3000:]

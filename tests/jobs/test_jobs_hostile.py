@@ -10,7 +10,6 @@ import shutil
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,36 +21,19 @@ from service.jobs.celery_config import PLAN_TASK, make_celery
 from service.jobs.state import JobState
 from service.settings import Settings
 from tests.jobs.jobs_support import (
-    JOB_TIMEOUT_S,
-    Api,
+    ApiStack,
     RedisServer,
-    Worker,
+    api_stack,
     job_env,
-    start_api,
-    start_worker,
     wait_for,
+    wait_job,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm"
 
 
-@dataclass
-class Hostile:
-    tmp: Path
-    env: dict[str, str]
-    redis: RedisServer
-    worker: Worker
-    api: Api
-    http: httpx.Client
-
-    @property
-    def import_root(self) -> Path:
-        return Path(self.env["SQUID_IMPORT_ROOT"])
-
-    @property
-    def results_dir(self) -> Path:
-        return Path(self.env["SQUID_RESULTS_DIR"])
+Hostile = ApiStack
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +43,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     limits = {"SQUID_TASK_TIME_LIMIT_S": "120", "SQUID_VISIBILITY_TIMEOUT_S": "150"}
     env = job_env(tmp, redis_server.url, SQUID_MAX_ZIP_MB="8", SQUID_MAX_ZIP_EXTRACT_MB="4096", **limits)
     Path(env["SQUID_IMPORT_ROOT"]).mkdir(parents=True)
-    worker = start_worker(env, tmp / "worker.log")
-    api = None
-    try:
-        api = start_api(env, tmp / "api.log")
-        with api.client() as http:
-            yield Hostile(tmp, env, redis_server, worker, api, http)
-    finally:
-        if api is not None:
-            api.stop()
-        worker.stop()
-        redis_server.kill()
-
-
-def wait_job(http: httpx.Client, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
-        if body["state"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} did not finish")
+    with api_stack(tmp, redis_server, env) as running:
+        yield running
 
 
 def rows_of(http: httpx.Client, job_id: str) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,7 @@ from service.jobs.rows import Reason, Row, Status, status_for
 from service.jobs.walker import walk
 from service.settings import Settings
 from tests.jobs.jobs_support import run_cli
+from tests.jobs.limits_support import read_only_folder
 from tests.jobs.pacs_tree import SENTINELS, Expected, check_rows_against, read_instances
 
 
@@ -184,9 +185,26 @@ def test_squid_batch_cli_without_broker(pacs_source: tuple[Path, Expected], tmp_
     assert f"scored {scored} (0 resumed)" in result.stdout
     refused = sum(1 for outcome in expected.outcome.values() if outcome[0] == "out_of_domain")
     assert refused == 4 and f"out of domain {refused}," in result.stdout
+    assert f"{expected.failed_summary()};" in result.stdout, "the user sees why files failed"
     again = run_cli(env, "batch", str(root), "--out", str(tmp_path / "out"), "--no-progress")
     assert again.returncode == 0, again.stderr
     assert f"scored {scored} ({scored} resumed)" in again.stdout, "users see resumed files as scored"
+
+
+@pytest.mark.parametrize("where", ["out", "inside"])
+def test_squid_batch_into_a_read_only_folder_is_a_one_line_error(
+    pacs_source: tuple[Path, Expected], tmp_path: Path, where: str
+) -> None:
+    """``--out`` a read-only folder, or a folder to create inside one: ``error:``, no traceback."""
+    root, _ = pacs_source
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUID_")}
+    with read_only_folder(tmp_path / "read-only") as folder:
+        out = folder if where == "out" else folder / "results"
+        result = run_cli(env, "batch", str(root), "--out", str(out), "--no-progress")
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Read-only file system" in lines[0] or "Permission denied" in lines[0], lines
 
 
 def test_images_over_the_pixel_limit_fail_without_failing_the_job(

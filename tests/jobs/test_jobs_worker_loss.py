@@ -29,7 +29,6 @@ import redis
 
 from service.jobs.inprocess import run_inprocess
 from service.jobs.manager import JobManager
-from service.settings import Settings
 from tests.jobs.jobs_support import (
     JOB_TIMEOUT_S,
     REPO_ROOT,
@@ -40,6 +39,7 @@ from tests.jobs.jobs_support import (
     freeze_holding_a_chunk,
     job_env,
     metric_value,
+    settings_for,
     start_api,
     start_worker,
     wait_for,
@@ -86,19 +86,6 @@ class Stack:
 
     def manager(self, **update: Any) -> JobManager:
         return JobManager(settings_for(self.env).model_copy(update=update))
-
-
-def settings_for(env: dict[str, str]) -> Settings:
-    return Settings(
-        broker_url=env["SQUID_BROKER_URL"],
-        queue=env["SQUID_QUEUE"],
-        key_prefix=env["SQUID_KEY_PREFIX"],
-        results_dir=Path(env["SQUID_RESULTS_DIR"]),
-        import_root=Path(env["SQUID_IMPORT_ROOT"]),
-        chunk_size=int(env["SQUID_CHUNK_SIZE"]),
-        visibility_timeout_s=int(env["SQUID_VISIBILITY_TIMEOUT_S"]),
-        task_time_limit_s=int(env["SQUID_TASK_TIME_LIMIT_S"]),
-    )
 
 
 @pytest.fixture(scope="module")

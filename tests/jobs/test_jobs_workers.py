@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,15 +22,14 @@ from pydicom import dcmread
 from model.dicom_results import codes as sr_codes
 from tests.jobs.jobs_support import (
     JOB_TIMEOUT_S,
-    Api,
+    ApiStack,
     RedisServer,
-    Worker,
+    api_stack,
     job_env,
     metric_value,
     run_cli,
-    start_api,
-    start_worker,
     wait_for,
+    wait_job,
 )
 from tests.jobs.pacs_tree import INSTANCE_HEADER, SENTINELS, Expected, check_rows_against, zip_tree
 
@@ -41,18 +39,8 @@ RESULT_FILES = ("instances.csv", "instances.jsonl", "studies.csv")
 
 
 @dataclass
-class Stack:
-    tmp: Path
-    env: dict[str, str]
-    redis: RedisServer
-    worker: Worker
-    api: Api
-    http: httpx.Client
+class Stack(ApiStack):
     expected: Expected
-
-    @property
-    def import_root(self) -> Path:
-        return Path(self.env["SQUID_IMPORT_ROOT"])
 
 
 @pytest.fixture(scope="module")
@@ -64,31 +52,9 @@ def stack(pacs_source: tuple[Path, Expected], tmp_path_factory: pytest.TempPathF
     # with DICOM results decodes its files twice and builds two objects per file).
     limits = {"SQUID_TASK_TIME_LIMIT_S": "120", "SQUID_VISIBILITY_TIMEOUT_S": "150"}
     env = job_env(tmp, redis_server.url, SQUID_MAX_ZIP_MB="1", **limits)
-    import_root = Path(env["SQUID_IMPORT_ROOT"])
-    shutil.copytree(source, import_root / "site" / "night1", symlinks=True)
-    worker = start_worker(env, tmp / "worker.log")
-    api = None
-    try:
-        api = start_api(env, tmp / "api.log")
-        with api.client() as http:
-            yield Stack(tmp, env, redis_server, worker, api, http, expected)
-    finally:
-        if api is not None:
-            api.stop()
-        worker.stop()
-        redis_server.kill()
-
-
-def wait_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        view = http.get(f"/jobs/{job_id}")
-        assert view.status_code == 200, view.text
-        body: dict[str, Any] = view.json()
-        if body["state"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} did not finish")
+    shutil.copytree(source, Path(env["SQUID_IMPORT_ROOT"]) / "site" / "night1", symlinks=True)
+    with api_stack(tmp, redis_server, env) as running:
+        yield Stack(**vars(running), expected=expected)
 
 
 def results(http: httpx.Client, job_id: str, fmt: str, level: str) -> httpx.Response:
@@ -120,6 +86,7 @@ def test_http_job_scores_every_file_of_a_pacs_export(stack: Stack) -> None:
     assert final["total"] == final["done"] == len(outcomes)
     for status in ("scored", "skipped", "out_of_domain", "failed"):
         assert final[status] == sum(1 for outcome in outcomes if outcome[0] == status), status
+    assert final["failures"] == stack.expected.failures()
     assert final["started_at"] and final["finished_at"] and final["files_per_s"] > 0
     assert final["model_version"] and final["error"] is None
 
@@ -217,6 +184,8 @@ def test_in_process_and_worker_results_are_identical(stack: Stack) -> None:
     queued = run_cli(stack.env, "batch", str(folder), "--out", str(stack.tmp / "queued"), "--no-progress")
     assert queued.returncode == 0, queued.stderr
     assert "job " in queued.stdout and "results in" in queued.stdout
+    for run in (local, queued):
+        assert f"{stack.expected.failed_summary()};" in run.stdout, "both paths say why files failed"
     for name in RESULT_FILES:
         reference = (over_http / name).read_bytes()
         assert (stack.tmp / "local" / name).read_bytes() == reference, f"in-process {name} differs"

@@ -237,6 +237,55 @@ def test_invalid_source_values_are_dropped_not_copied(
         assert "PatientAge" not in written and written.PatientSex == "O"
 
 
+@requires_dciodvfy
+@pytest.mark.parametrize(
+    ("extra", "sex", "charset"),
+    [
+        ({"PatientSex": "U"}, "", None),
+        ({"PatientSex": "MALE"}, "", None),
+        ({"PatientSex": "Q"}, "", None),
+        ({"SpecificCharacterSet": "ISO_IR 6"}, "M", None),  # the default repertoire, spelt out
+        ({"SpecificCharacterSet": "ISO 2022 IR 6"}, "M", None),  # a code extension used alone
+        ({"SpecificCharacterSet": "ISO_IR 100", "PatientSex": "F"}, "F", "ISO_IR 100"),
+    ],
+)
+def test_common_header_values_highdicom_refuses_are_left_out_not_a_reason_to_drop_the_result(
+    runtime: SquidRuntime,
+    model: ModelInfo,
+    tmp_path: Path,
+    extra: dict[str, str],
+    sex: str,
+    charset: str | None,
+) -> None:
+    upload = make_dicom(chest_like(), modality="CR", extra={"PatientSex": "M", **extra})
+    decoded, result = score(runtime, upload)
+    objects = build_for_upload(upload, decoded, result, model)
+    assert sorted(obj.kind for obj in objects) == ["sc", "sr"]
+    for obj in objects:
+        path = obj.write(tmp_path)
+        written = dcmread(path)
+        assert written.PatientSex == sex and written.get("SpecificCharacterSet") == charset
+        assert str(written.PatientName) == "Doe^Jane"
+        assert dciodvfy_errors(path) == [], obj.kind
+
+
+def test_a_name_outside_ascii_survives_an_unknown_character_set(
+    runtime: SquidRuntime, model: ModelInfo, tmp_path: Path
+) -> None:
+    upload = make_dicom(
+        chest_like(), modality="CR", patient_name="Müller^Zoë", extra={"SpecificCharacterSet": "ISO_IR 100"}
+    )
+    source = dcmread(io.BytesIO(upload))
+    source.SpecificCharacterSet = "LATIN-1 PLEASE"  # no defined term: pydicom falls back to its default
+    buffer = io.BytesIO()
+    source.save_as(buffer)
+    decoded, result = score(runtime, buffer.getvalue())
+    for obj in build_for_upload(buffer.getvalue(), decoded, result, model):
+        written = dcmread(obj.write(tmp_path))
+        assert written.SpecificCharacterSet == "ISO_IR 192"
+        assert str(written.PatientName) == str(read_source(buffer.getvalue()).PatientName)
+
+
 @pytest.mark.data
 @requires_dciodvfy
 def test_every_real_dicom_file_gives_valid_objects_or_a_clear_reason(

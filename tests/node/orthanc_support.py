@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import httpx
 import pytest
 
 from tests.jobs.jobs_support import REPO_ROOT, wait_for
-from tests.net_support import free_port, stop_process_group
+from tests.net_support import free_port, metric_value, stop_process_group
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -120,7 +122,9 @@ class NodeProcess:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, **settings: str) -> NodeProcess:
+    def start(self, prefix: Sequence[str] = (), **settings: str) -> NodeProcess:
+        """Start ``squid listen`` (``prefix``: a command it runs under, e.g. ``unshare``) and wait until
+        it says it listens and its port takes a connection (no echo: the node may admit nobody)."""
         env = {
             **os.environ,
             "SQUID_DICOM_SPOOL_DIR": str(self.workdir / "spool"),
@@ -134,22 +138,26 @@ class NodeProcess:
         env.pop("SQUID_BROKER_URL", None)
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "node.log").open("ab")
+        listen = [sys.executable, "-m", "cli.main", "listen", "--port", str(self.port), "--ae-title", NODE_AE]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "listen", "--port", str(self.port), "--ae-title", NODE_AE],
+            [*prefix, *listen],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(self._echo, 120, "squid listen")
+        wait_for(self._listening, 120, "squid listen")
         return self
 
-    def _echo(self) -> bool:
+    def _listening(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"squid listen exited: {self.log()[-2000:]}")
-        return echo("127.0.0.1", self.port, NODE_AE)
+        if "listening as" not in self.log():
+            return False
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
 
     def log(self) -> str:
         path = self.workdir / "node.log"
@@ -166,6 +174,10 @@ class NodeProcess:
 
     def spool_files(self, folder: str) -> list[Path]:
         return sorted((self.workdir / "spool" / folder).rglob("*.dcm"))
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        port = self.env["SQUID_DICOM_METRICS_PORT"]
+        return metric_value(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, name, labels)
 
 
 def echo(host: str, port: int, called: str, calling: str = "ECHOSCU") -> bool:

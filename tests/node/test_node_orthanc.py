@@ -24,7 +24,7 @@ from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, generate_u
 
 from model.dicom_results import codes as sr_codes
 from tests.dicom_results_support import sr_content
-from tests.jobs.jobs_support import REPO_ROOT, metric_value, wait_for
+from tests.jobs.jobs_support import REPO_ROOT, wait_for
 from tests.net_support import free_port
 from tests.node.orthanc_support import NODE_AE, NodeProcess, Orthanc, echo, requires_orthanc
 
@@ -34,12 +34,6 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 STORESCU = shutil.which("storescu")
 WAIT_S = 120.0  # a hang guard, not a performance assertion
-
-
-@pytest.fixture
-def chest_file() -> Path:
-    """A real frontal chest film as CR (the repository's sample): what the model may judge."""
-    return REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm"
 
 
 @pytest.fixture
@@ -69,11 +63,6 @@ def launch(tmp_path: Path, orthanc: Orthanc) -> Iterator[Callable[..., NodeProce
     yield start
     for node in started:
         node.stop()
-
-
-def node_metric(node: NodeProcess, name: str, labels: dict[str, str] | None = None) -> float:
-    port = node.env["SQUID_DICOM_METRICS_PORT"]
-    return metric_value(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, name, labels)
 
 
 def cli_score(path: Path) -> float:
@@ -118,12 +107,12 @@ def as_ct(source: Path, target: Path) -> Path:
 
 
 def test_study_sent_by_orthanc_comes_back_as_sr_and_sc_in_the_same_study(
-    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
 ) -> None:
-    source = dcmread(chest_file, stop_before_pixels=True)
+    source = dcmread(dx_file, stop_before_pixels=True)
     study_uid, image_uid = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
-    orthanc.upload(chest_file)
-    answer = orthanc.upload(as_ct(chest_file, tmp_path / "ct.dcm"))
+    orthanc.upload(dx_file)
+    answer = orthanc.upload(as_ct(dx_file, tmp_path / "ct.dcm"))
     node = launch()
     orthanc.send_to_node(str(answer["ParentStudy"]))
     wait_for(lambda: len(orthanc.study_instances(study_uid)) >= 4, WAIT_S, "SR and SC in Orthanc")
@@ -131,17 +120,18 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_sc_in_the_same_study(
     [sc] = results_of(orthanc, study_uid, SC_CLASS)
     score, referenced = sr_score(orthanc, sr)
     assert referenced == image_uid
-    assert score == pytest.approx(cli_score(chest_file), abs=1e-6)
+    assert score == pytest.approx(cli_score(dx_file), abs=1e-6)
     sc_ds = dcmread(BytesIO(orthanc.instance_file(str(sc["ID"]))), stop_before_pixels=True)
     assert sc_ds.StudyInstanceUID == study_uid
     skipped = {"outcome": "skipped", "reason": "not_a_radiograph_class"}
-    assert node_metric(node, "squid_node_instances_total", skipped) == 1
+    assert node.metric("squid_node_instances_total", skipped) == 1
     # The same study again: the same UIDs come back, Orthanc keeps one copy of each.
     orthanc.send_to_node(str(answer["ParentStudy"]))
-    wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "second send")
+    wait_for(lambda: node.metric("squid_node_objects_sent_total") >= 4, WAIT_S, "second send")
     assert len(orthanc.study_instances(study_uid)) == 4
+    assert not list((tmp_path / "node" / "results").rglob("*.dcm")), "delivered results are not kept"
     assert not echo("127.0.0.1", node.port, NODE_AE, calling="INTRUDER")
-    assert node_metric(node, "squid_node_associations_total", {"outcome": "rejected"}) >= 1
+    assert node.metric("squid_node_associations_total", {"outcome": "rejected"}) >= 1
 
 
 @pytest.mark.skipif(STORESCU is None, reason="dcmtk's storescu not installed (scripts/test.sh installs it)")
@@ -163,17 +153,17 @@ def test_node_killed_before_sending_loses_and_duplicates_nothing(
     wait_for(lambda: len(orthanc.study_instances(study_uid)) == 3, WAIT_S, "results after restart")
     wait_for(lambda: not node.spool_files("outbox"), WAIT_S, "outbox drained")
     subprocess.run([*storescu, "127.0.0.1", str(node.port), str(source_file)], check=True, timeout=60)
-    wait_for(lambda: node_metric(node, "squid_node_objects_sent_total") >= 4, WAIT_S, "re-send")
+    wait_for(lambda: node.metric("squid_node_objects_sent_total") >= 4, WAIT_S, "re-send")
     assert len(orthanc.study_instances(study_uid)) == 3
     assert not node.spool_files("dead")
 
 
 def test_twenty_images_over_two_associations_are_scored_once_each(
-    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
 ) -> None:
     from pynetdicom import AE
 
-    base = dcmread(chest_file)
+    base = dcmread(dx_file)
     study_uid = generate_uid()
     images = []
     for _ in range(20):
@@ -205,14 +195,14 @@ def test_twenty_images_over_two_associations_are_scored_once_each(
         for line in path.read_text().splitlines()
     ]
     assert sorted(row["sop_instance_uid"] for row in rows) == sorted(str(ds.SOPInstanceUID) for ds in images)
-    assert node_metric(node, "squid_node_images_scored_total", {"outcome": "scored"}) == 20
+    assert node.metric("squid_node_images_scored_total", {"outcome": "scored"}) == 20
 
 
 def test_dicomweb_pull_scores_the_study_like_squid_score(
-    tmp_path: Path, orthanc: Orthanc, chest_file: Path
+    tmp_path: Path, orthanc: Orthanc, dx_file: Path
 ) -> None:
-    source = dcmread(chest_file, stop_before_pixels=True)
-    orthanc.upload(chest_file)
+    source = dcmread(dx_file, stop_before_pixels=True)
+    orthanc.upload(dx_file)
     out = tmp_path / "out"
     day = f"{source.StudyDate[:4]}-{source.StudyDate[4:6]}-{source.StudyDate[6:]}"
     for selection in (["--study", str(source.StudyInstanceUID)], ["--since", day, "--until", day]):
@@ -228,16 +218,16 @@ def test_dicomweb_pull_scores_the_study_like_squid_score(
             env={k: v for k, v in __import__("os").environ.items() if k != "SQUID_BROKER_URL"},
         )
         [row] = [json.loads(line) for line in (out / "instances.jsonl").read_text().splitlines()]
-        assert row["score"] == pytest.approx(cli_score(chest_file), abs=1e-6)
+        assert row["score"] == pytest.approx(cli_score(dx_file), abs=1e-6)
         assert sum(1 for _ in (out / "dicom").glob("*.dcm")) == 2
 
 
 def test_results_go_back_by_stow_rs(
-    orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path
+    orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path
 ) -> None:
     from pynetdicom import AE
 
-    source = dcmread(chest_file)
+    source = dcmread(dx_file)
     node = launch(
         SQUID_DICOM_DESTINATIONS="[]", SQUID_DICOM_STOW="true", SQUID_DICOMWEB_URL=orthanc.dicomweb_url
     )
@@ -250,11 +240,11 @@ def test_results_go_back_by_stow_rs(
     study_uid = str(source.StudyInstanceUID)
     wait_for(lambda: len(orthanc.study_instances(study_uid)) == 2, WAIT_S, "SR and SC stored by STOW-RS")
     assert len(results_of(orthanc, study_uid, SR_CLASS)) == 1
-    assert node_metric(node, "squid_node_objects_sent_total", {"destination": "stow"}) == 2
+    assert node.metric("squid_node_objects_sent_total", {"destination": "stow"}) == 2
 
 
 def test_out_of_domain_images_get_no_result_object_and_are_counted(
-    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], chest_file: Path, shared_data: Path
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path, shared_data: Path
 ) -> None:
     """A CT slice stored as secondary capture (Modality CT) and a real DX that is no chest film (a
     dog's thorax) reach the node beside a chest film: only the chest film gets an SR and SC; the
@@ -265,7 +255,7 @@ def test_out_of_domain_images_get_no_result_object_and_are_counted(
     ct = dcmread(get_testdata_file("CT_small.dcm"))
     ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     dog = dcmread(shared_data / "dicom" / "highdicom" / "dx_image.dcm")
-    chest = dcmread(chest_file)
+    chest = dcmread(dx_file)
     node = launch(SQUID_DICOM_QUIET_SECONDS="2")
     ae = AE(ae_title="STORESCU")
     for ds in (ct, dog, chest):
@@ -277,13 +267,13 @@ def test_out_of_domain_images_get_no_result_object_and_are_counted(
     chest_study = str(chest.StudyInstanceUID)
     wait_for(lambda: len(orthanc.study_instances(chest_study)) == 2, WAIT_S, "the chest film's SR and SC")
     wait_for(
-        lambda: node_metric(node, "squid_node_images_scored_total", {"outcome": "out_of_domain"}) == 2,
+        lambda: node.metric("squid_node_images_scored_total", {"outcome": "out_of_domain"}) == 2,
         WAIT_S,
         "two images counted out of domain",
     )
     assert orthanc.study_instances(str(ct.StudyInstanceUID)) == []
     assert orthanc.study_instances(str(dog.StudyInstanceUID)) == []
-    assert node_metric(node, "squid_node_objects_sent_total") == 2
+    assert node.metric("squid_node_objects_sent_total") == 2
     rows = {
         row["sop_instance_uid"]: row
         for path in (tmp_path / "node" / "results" / "node").glob("*/instances.jsonl")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,26 +31,33 @@ def small_dicom(path: Path) -> Path:
     return path
 
 
+def received(spool: Spool, data: bytes) -> Path:
+    """A file as the SCP receives one: streamed into the spool's ``tmp/``."""
+    path = spool.folder("tmp") / f"{uuid.uuid4().hex}.dcm"
+    path.write_bytes(data)
+    return path
+
+
 def test_instances_are_filed_under_their_study_and_replace_themselves(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    first = spool.put_instance(STUDY, "1.2.3.4.5", b"first")
-    spool.put_instance(STUDY, "1.2.3.4.5", b"again")
+    first = spool.put_instance(STUDY, "1.2.3.4.5", received(spool, b"first"))
+    spool.put_instance(STUDY, "1.2.3.4.5", received(spool, b"again"))
     assert first.read_bytes() == b"again"
     assert not list(spool.folder("tmp").iterdir())
     with pytest.raises(ValueError):
-        spool.put_instance("../../etc", "1.2", b"x")
+        spool.put_instance("../../etc", "1.2", received(spool, b"x"))
 
 
 def test_a_study_closes_only_when_quiet_and_later_instances_open_it_again(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.put_instance(STUDY, "1.2.3.4.5", b"x")
+    spool.put_instance(STUDY, "1.2.3.4.5", received(spool, b"x"))
     study = spool.folder("incoming") / STUDY
     assert spool.quiet_studies(60) == []
     os.utime(study, (0, 0))
     [quiet] = spool.quiet_studies(60)
     batch = spool.close_study(quiet)
     assert [path.name for path in batch.iterdir()] == ["1.2.3.4.5.dcm"]
-    spool.put_instance(STUDY, "1.2.3.4.6", b"y")
+    spool.put_instance(STUDY, "1.2.3.4.6", received(spool, b"y"))
     assert [path.name for path in study.iterdir()] == ["1.2.3.4.6.dcm"]
     assert spool.batches() == [batch]
     assert Spool(tmp_path).recover() == 1  # a restart finds the batch still to score
@@ -61,7 +69,7 @@ def test_unreachable_destination_is_retried_then_dead_lettered(tmp_path: Path) -
     source = small_dicom(tmp_path / "sc-1.2.dcm")
     spool.queue_result(destination.key, source)
     metrics = NodeMetrics()
-    sender = CStoreSender(destination, "SQUID")
+    sender = CStoreSender(destination, "SQUID", Settings())
     dispatcher = Dispatcher(spool, {destination.key: sender}, metrics, attempts=2, retry_seconds=60)
     assert dispatcher.round(now=0.0) == 0
     [item] = spool.pending(destination.key)

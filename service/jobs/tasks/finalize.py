@@ -13,7 +13,7 @@ from service.jobs.heartbeat import run_leased
 from service.jobs.results import ResultStore
 from service.jobs.state import RUNNING, SUCCEEDED
 from service.jobs.task_wrapper import run_tracked
-from service.jobs.tasks.common import end_job, fail_job
+from service.jobs.tasks.common import end_job, fail_job, guard_storage
 from service.jobs.worker_redis import job_state
 from service.settings import get_settings
 
@@ -25,7 +25,7 @@ def finalize_job(self: Task, job_id: str) -> None:
     def leased() -> str:
         return run_leased(job_state(), get_settings(), job_id, "finalize", self, lambda: _finalize(job_id))
 
-    run_tracked("finalize", f"finalizing job {job_id}", leased)
+    run_tracked("finalize", f"finalizing job {job_id}", guard_storage(self, job_id, "finalize", leased))
 
 
 def _finalize(job_id: str) -> str:

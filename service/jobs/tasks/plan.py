@@ -17,7 +17,7 @@ from service.jobs.results import ResultStore
 from service.jobs.scoring import model_namespace
 from service.jobs.state import PLAN_ATTEMPT, QUEUED, RUNNING, now_iso
 from service.jobs.task_wrapper import run_tracked
-from service.jobs.tasks.common import fail_job, send_finalize
+from service.jobs.tasks.common import fail_job, guard_storage, send_finalize
 from service.jobs.walker import FileEntry, is_inside, walk
 from service.jobs.worker_model import runtime
 from service.jobs.worker_redis import job_state
@@ -31,7 +31,7 @@ def plan_job(self: Task, job_id: str, enqueued_at: float | None = None) -> None:
     def leased() -> str:
         return run_leased(job_state(), get_settings(), job_id, "plan", self, lambda: _plan(job_id))
 
-    run_tracked("plan", f"planning job {job_id}", leased, enqueued_at)
+    run_tracked("plan", f"planning job {job_id}", guard_storage(self, job_id, "plan", leased), enqueued_at)
 
 
 def _plan(job_id: str) -> str:

@@ -1,30 +1,37 @@
 """``squid.score_chunk``: score one chunk of a job's files into its chunk file.
 
-The delivery count per chunk turns a poison pill (a file that kills its worker) into failed rows
-instead of an endless loop, and a worker serving another model leaves the chunk to one that does.
+A chunk whose delivery was lost is scored again one file at a time, so a poison pill (a file that
+kills its worker) ends as its own failed row instead of an endless loop or a failed chunk
+(:mod:`service.jobs.isolation`); a worker serving another model leaves the chunk to one that does;
+a full or unwritable results folder is retried with a back-off, then fails the job with its reason.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
 
+from model.runtime import SquidRuntime
 from service import metrics as score_metrics
 from service.jobs import dicom_outputs, metrics
 from service.jobs.cache import NullCache, RedisScoreCache, ScoreCache
 from service.jobs.celery_app import CHUNK_TASK, app
 from service.jobs.heartbeat import chunk_unit, run_leased
+from service.jobs.isolation import ChunkRuns, ChunkScoring
+from service.jobs.isolation import score_chunk as score_chunk_files
 from service.jobs.results import ResultStore
 from service.jobs.rows import Reason, Row
-from service.jobs.scoring import STAGES, ChunkOutcome, model_namespace, score_entries
+from service.jobs.scoring import STAGES, ChunkOutcome, model_namespace
 from service.jobs.state import CANCELLED, RUNNING
 from service.jobs.task_wrapper import run_tracked
-from service.jobs.tasks.common import count, send_finalize
+from service.jobs.tasks.common import count, guard_storage, send_finalize
 from service.jobs.walker import FileEntry
 from service.jobs.worker_model import runtime
 from service.jobs.worker_redis import job_state
@@ -33,19 +40,19 @@ from service.settings import Settings, get_settings
 log = logging.getLogger("service.jobs.tasks")
 
 
-@app.task(name=CHUNK_TASK, bind=True, max_retries=None)
+@app.task(name=CHUNK_TASK, bind=True)
 def score_chunk(self: Task, payload: dict[str, Any]) -> None:
     what = f"chunk {payload.get('index')} of job {payload.get('job_id')}"
     job_id, unit = str(payload["job_id"]), chunk_unit(int(payload["index"]))
 
     def leased() -> str:
-        body = lambda: _score_chunk(self, payload)  # noqa: E731
+        body = lambda: _score_chunk(payload)  # noqa: E731
         return run_leased(job_state(), get_settings(), job_id, unit, self, body)
 
-    run_tracked("chunk", what, leased, float(payload["enqueued_at"]))
+    run_tracked("chunk", what, guard_storage(self, job_id, unit, leased), float(payload["enqueued_at"]))
 
 
-def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
+def _score_chunk(payload: dict[str, Any]) -> str:
     job_id, index = str(payload["job_id"]), int(payload["index"])
     state = job_state()
     job = state.get(job_id)
@@ -60,41 +67,75 @@ def _score_chunk(task: Task, payload: dict[str, Any]) -> str:
     store = ResultStore(Path(payload["job_dir"]))
     entries = [FileEntry.from_wire(item) for item in payload["files"]]
     attempts = state.attempt(job_id, index)
+    runs = ChunkRuns(state, job_id)
     counts: dict[str, Any]
     if store.has_chunk(index):  # written by a delivery that died before recording it
         counts = count(store.read_chunk(index))
-    elif attempts > cfg.max_deliveries:
-        detail = f"delivered {attempts - 1} times without finishing (worker killed or time limit)"
-        version = job.get("model_version", "")
-        rows = [Row.rejected(e.path, Reason.WORKER_LOST, detail, version) for e in entries]
-        store.write_chunk(index, rows)
-        counts = count(rows)
     else:
         rt = runtime()
         if model_namespace(rt) != job.get("model_namespace"):
             return _model_mismatch(job, entries, store, index, attempts, cfg)
-        dicom = job.get("dicom_out") == "1"  # maps are not cached: DICOM results need a fresh score
-        cache: ScoreCache = (
-            NullCache() if dicom else RedisScoreCache(state.client, cfg.key_prefix, model_namespace(rt))
-        )
-        outcome = score_entries(
-            rt, Path(payload["root"]), entries, cache=cache, max_pixels=cfg.max_pixels, with_map=dicom
-        )
-        write_started = time.perf_counter()
-        if dicom:
-            dicom_outputs.write_chunk(
-                rt, Path(payload["root"]), outcome.results, store.job_dir, index, cfg.max_pixels
-            )
-        store.write_chunk(index, outcome.rows)
-        outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
-        _observe(outcome)
-        counts = {**outcome.summary(), "stage_ms": {k: round(v, 3) for k, v in outcome.timing_ms.items()}}
+        counts = _score_and_write(rt, job, runs, store, Path(payload["root"]), index, entries, cfg)
     finished = state.record_chunk(job_id, index, counts)
+    runs.drop(index)
     if finished < 0:
         return "dropped"
     if finished >= int(job.get("chunks") or 0):
         send_finalize(job_id)
     return "succeeded"
+
+
+def _score_and_write(
+    rt: SquidRuntime,
+    job: dict[str, str],
+    runs: ChunkRuns,
+    store: ResultStore,
+    root: Path,
+    index: int,
+    entries: list[FileEntry],
+    cfg: Settings,
+) -> dict[str, Any]:
+    """Score the chunk (one file at a time after a lost delivery), write its rows; its counts."""
+    dicom = job.get("dicom_out") == "1"  # maps are not cached: DICOM results need a fresh score
+    cache: ScoreCache = (
+        NullCache() if dicom else RedisScoreCache(job_state().client, cfg.key_prefix, model_namespace(rt))
+    )
+
+    def make_records(outcome: ChunkOutcome) -> list[dict[str, Any]]:
+        with _timed(outcome, "write"):
+            return dicom_outputs.records(rt, root, outcome.results, store.job_dir, cfg.max_pixels)
+
+    def write(outcome: ChunkOutcome, records: list[dict[str, Any]] | None) -> None:
+        with _timed(outcome, "write"):
+            if records is not None:
+                dicom_outputs.write_chunk(store.job_dir, index, records)
+            store.write_chunk(index, outcome.rows)
+
+    how = ChunkScoring(
+        rt,
+        root,
+        cache,
+        cfg.max_pixels,
+        cfg.max_deliveries,
+        cfg.task_time_limit_s,
+        make_records if dicom else None,
+    )
+    outcome = score_chunk_files(runs, index, entries, how, write)
+    _observe(outcome)
+    return {
+        **outcome.summary(),
+        "failures": outcome.failures(),
+        "stage_ms": {k: round(v, 3) for k, v in outcome.timing_ms.items()},
+    }
+
+
+@contextmanager
+def _timed(outcome: ChunkOutcome, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        outcome.timing_ms[stage] = outcome.timing_ms.get(stage, 0.0) + (time.perf_counter() - started) * 1e3
 
 
 def _model_mismatch(
