@@ -21,6 +21,13 @@ app = typer.Typer(
 )
 
 
+# The ages of the training patients, recorded in the artifact for the domain gate's age rule.
+PopulationAge = Annotated[
+    str | None,
+    typer.Option(help="Ages of the training patients in years, e.g. 1-5 (default: known for the data)."),
+]
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -166,10 +173,7 @@ def export_command(
         int, typer.Option(min=2, help="How many real images the parity check uses.")
     ] = 16,
     version: Annotated[str | None, typer.Option(help="Model version to record (default: derived).")] = None,
-    population_age: Annotated[
-        str | None,
-        typer.Option(help="Ages of the training patients, e.g. 1-5 (years; default: known for the data)."),
-    ] = None,
+    population_age: PopulationAge = None,
 ) -> None:
     """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file.
 
@@ -201,10 +205,7 @@ def add_domain_gate(
         Path | None, typer.Option(help="The labelled selection set, calibrated on too (e.g. test-dev).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write (default: replace ARTIFACT).")] = None,
-    population_age: Annotated[
-        str | None,
-        typer.Option(help="Ages of the training patients, e.g. 1-5 (default: known for the data)."),
-    ] = None,
+    population_age: PopulationAge = None,
 ) -> None:
     """Add (or refit) the domain gate's image check in an exported artifact; every score stays
     bit-identical (checked on real films before anything is written)."""
