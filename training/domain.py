@@ -22,8 +22,8 @@ ridge's shortfall below its training median is divided by the shortfall of the s
 the two, so the threshold is 1 and at least 99 % of every group pass, with room for a new site.
 
 :func:`attach` splices the nodes into an artifact's graph beside the model (they read the same
-input, nothing else), so scores stay bit-identical; :func:`add_to_artifact` does that to an artifact
-already exported and checks it.
+input, nothing else), so scores stay bit-identical; :func:`training.domain_export.add_to_artifact`
+does that to an artifact already exported and checks it.
 """
 
 from __future__ import annotations
