@@ -8,6 +8,7 @@ interpretations, with sentinel patient identifiers that must never appear in res
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import zipfile
@@ -122,9 +123,12 @@ def check_rows_against(rows: list[dict[str, str]], expected: Expected) -> None:
 
 def chest_pixels(data: Path, kind: str, index: int) -> np.ndarray[Any, Any]:
     """A real ZhangLab image (8-bit gray) as 12-bit stored values."""
-    files = sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg"))
-    gray = np.asarray(Image.open(files[index]).convert("L"), dtype=np.uint16)
-    return gray * 16
+    return film_pixels(sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg"))[index])
+
+
+def film_pixels(path: Path) -> np.ndarray[Any, Any]:
+    """An 8-bit gray film as 12-bit stored values."""
+    return np.asarray(Image.open(path).convert("L"), dtype=np.uint16) * 16
 
 
 def _dicom(pixels: np.ndarray[Any, Any], *, mono1: bool = False, **kwargs: Any) -> bytes:
@@ -293,20 +297,44 @@ def build_pacs_tree(root: Path, data: Path) -> Expected:
     return expected
 
 
+@functools.cache
+def scoreable_films(data: Path, kind: str, count: int) -> tuple[Path, ...]:
+    """The first ``count`` training films of ``kind`` that the shipped artifact's domain gate lets
+    through, in name order. The bulk trees are meant to be scored whole; the gate refuses about 1 in
+    400 training films (docs/domain-gate.md), which would otherwise be an unplanned row."""
+    from model.imaging import OutOfDomain
+    from model.runtime import SquidRuntime
+    from model.steps import prepare, verdict
+
+    runtime = SquidRuntime(intra_op_threads=1)
+    films: list[Path] = []
+    for path in sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg")):
+        try:
+            item = prepare(path.read_bytes(), runtime.preprocessing, 100_000_000, runtime.gate)
+            verdict(runtime.gate, item, runtime.score(item.array[None], with_map=False)[0])
+        except OutOfDomain:
+            continue
+        films.append(path)
+        if len(films) == count:
+            break
+    return tuple(films)
+
+
 def build_bulk_tree(root: Path, data: Path, count: int) -> list[str]:
     """``count`` real chest images (JPEG and 12-bit DICOM alternately) in series folders."""
     kinds = ("NORMAL", "PNEUMONIA")
+    films = {kind: scoreable_films(data, kind, (count + 1) // 2) for kind in kinds}
     paths = []
     for index in range(count):
         kind = kinds[index % 2]
         folder = root / f"P{index // 20:03d}" / f"S{index // 5:04d}"
         folder.mkdir(parents=True, exist_ok=True)
+        source = films[kind][index // 2]
         if index % 2:
             name = f"IM{index:05d}"
-            (folder / name).write_bytes(_dicom(chest_pixels(data, kind, index // 2), mono1=index % 4 == 1))
+            (folder / name).write_bytes(_dicom(film_pixels(source), mono1=index % 4 == 1))
         else:
             name = f"img{index:05d}.jpeg"
-            source = sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg"))[index // 2]
             shutil.copyfile(source, folder / name)
         paths.append((folder / name).relative_to(root).as_posix())
     return paths
