@@ -2,11 +2,13 @@
 
 Usage: python bench/decode_memory.py [--sizes 2000 7000] [--out bench/results/decode_memory.json]
 Each measurement runs in a fresh process that first reads the file into memory, then decodes and
-preprocesses it exactly as the service does (``model.steps.prepare``); the growth of the process's
-peak resident size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before, Linux only) over
-its size before, divided by the pixel count, is the bytes-per-pixel figure. The
-heatmap overlay and the preview are measured too (``service.payload``). Images are written once, in
-this process, so their creation does not count.
+preprocesses it exactly as the service does (``model.steps.prepare`` for the shipped model's 128 px
+input: a reduced decode), and once more at full resolution (``full_resolution=True``); the growth of
+the process's peak resident size (``VmHWM``, reset through ``/proc/self/clear_refs`` just before,
+Linux only) over its size before, divided by the image's pixel count, is the bytes-per-pixel figure.
+The heatmap overlay and the preview are measured too (``service.payload``). Images are written once,
+in this process, so their creation does not count. :func:`measure` is also used by
+``bench/batch_throughput.py``.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ def rss_kb():
     status = Path("/proc/self/status").read_text().splitlines()
     return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
 data = Path(sys.argv[1]).read_bytes()
+from model.preprocess import Preprocessing
 from model.steps import prepare
 from service.payload import preview_png
 from model.heatmap import overlay_png
 import numpy as np
 before = rss_kb()
 Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from the current size
-item = prepare(data, 224, 200_000_000)
+item = prepare(data, Preprocessing(128, "equalize"), 200_000_000, full_resolution=sys.argv[2] == "full")
 decoded = peak_kb()
 overlay_png(item.decoded.pixels, np.zeros((224, 224), np.float32))
 preview_png(item.decoded.pixels)
@@ -85,11 +88,17 @@ def _rle_dicom(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def measure(path: Path) -> dict[str, float]:
+def measure(path: Path, full_resolution: bool = False) -> dict[str, float]:
+    """Peak memory (kB) of one decode of ``path`` in a fresh process: before, decoded, after drawing."""
+    mode = "full" if full_resolution else "reduced"
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path)], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, str(path), mode], cwd=REPO, capture_output=True, text=True, check=True
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bytes_per_pixel(peak: dict[str, float], pixels: int, key: str = "decoded_kb") -> float:
+    return round((peak[key] - peak["before_kb"]) * 1024 / pixels, 2)
 
 
 def main() -> None:
@@ -103,18 +112,18 @@ def main() -> None:
         for kind in args.kinds:
             for side in args.sizes:
                 path = make_image(kind, side, Path(scratch))
-                peak = measure(path)
+                peak, full = measure(path), measure(path, full_resolution=True)
                 pixels = side * side
                 rows.append(
                     {
                         "kind": kind,
                         "side": side,
                         "file_bytes": path.stat().st_size,
-                        "decode_bytes_per_pixel": round(
-                            (peak["decoded_kb"] - peak["before_kb"]) * 1024 / pixels, 2
-                        ),
-                        "with_overlay_bytes_per_pixel": round(
-                            (peak["after_kb"] - peak["before_kb"]) * 1024 / pixels, 2
+                        "decode_bytes_per_pixel": bytes_per_pixel(peak, pixels),
+                        "with_overlay_bytes_per_pixel": bytes_per_pixel(peak, pixels, "after_kb"),
+                        "full_resolution_decode_bytes_per_pixel": bytes_per_pixel(full, pixels),
+                        "full_resolution_with_overlay_bytes_per_pixel": bytes_per_pixel(
+                            full, pixels, "after_kb"
                         ),
                     }
                 )

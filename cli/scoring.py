@@ -36,7 +36,10 @@ def score_files(
     for path in files:
         try:
             data = path.read_bytes()
-            item: Prepared = prepare(data, runtime.preprocessing, settings.max_pixels, runtime.gate)
+            full = settings.decode_full_resolution
+            item: Prepared = prepare(
+                data, runtime.preprocessing, settings.max_pixels, runtime.gate, full_resolution=full
+            )
             result = verdict(
                 runtime.gate, item, infer(runtime, [item], with_map=bool(heatmap or dicom_out))[0][0]
             )

@@ -167,7 +167,7 @@ def image_reasons(decoded: DecodedImage) -> list[tuple[str, str]]:
     reasons = []
     if Finding.COLOR_CONVERTED_TO_GRAY.value in decoded.warnings:
         reasons.append((DomainReason.COLOR_IMAGE.value, "a colour image is not a radiograph"))
-    short = min(decoded.pixels.shape[:2])
+    short = min(decoded.info.rows, decoded.info.columns)  # as stored: the decode may be reduced
     if short < MIN_SIDE:
         reasons.append(
             (DomainReason.IMAGE_TOO_SMALL.value, f"{short} pixels on the short side (at least {MIN_SIDE})")

@@ -89,3 +89,19 @@ def overlay_rgb(
     weight = alpha * heat_px[..., None]
     blended = (1 - weight) * base_rgb + weight * coloured.astype(np.float32)
     return blended.clip(0, 255).astype(np.uint8)
+
+
+def map_layer_png(
+    anomaly_map: NDArray[np.float32], size: tuple[int, int], vmax: float | None = None
+) -> bytes:
+    """The map alone as an RGBA PNG of ``size`` (width, height): the colours of :func:`overlay_rgb`
+    with the evidence as alpha, so a viewer stacks it on the film and sets its opacity (at 0.45 it
+    looks like the overlay). Transparent where the image is no less normal than the normals."""
+    top = float(vmax if vmax is not None else anomaly_map.max())
+    heat = anomaly_map / top if top > 0 else np.zeros_like(anomaly_map)
+    heat_img = Image.fromarray(heat.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+    heat_px = np.clip(np.asarray(heat_img), 0, 1)
+    rgba = np.concatenate([colourise(heat_px), (heat_px * 255).round().astype(np.uint8)[..., None]], axis=2)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()

@@ -3,7 +3,8 @@
 # Installs the system tools the tests drive for real when they are missing (headless Chromium,
 # Prometheus/promtool, docker-compose for static compose checks, Redis, dciodvfy from dicom3tools to
 # validate the DICOM results, Orthanc with its DICOMweb plugin as the PACS of the DICOM node tests and
-# dcmtk's storescu to send to the node, buildah + debootstrap to build and run the container image), makes sure
+# dcmtk's storescu to send to the node, npm to fetch axe-core for the page's accessibility check, buildah +
+# debootstrap to build and run the container image), makes sure
 # Redis answers on 127.0.0.1:6379, then runs the whole suite with the project's virtual environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then

@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import service.api.jobs
 from model.runtime import SquidRuntime
 from service import metrics
-from service.api import docs, health, model_info, page, score
-from service.deps import AppState, require_api_key
+from service.api import docs, health, model_info, node, page, score, worklist
+from service.deps import AppState, require_api_key, require_same_origin
 from service.errors import INTERNAL_ERROR, error_response, install_error_handlers
 from service.http_methods import HeadAndOptions
 from service.logs import capture_warnings, request_id_var, sanitise_request_id
@@ -64,11 +64,13 @@ def create_app(settings: Settings | None = None, runtime: SquidRuntime | None = 
     )
     app.state.squid = state
     install_error_handlers(app)
-    protected = [Depends(require_api_key)]
+    protected = [Depends(require_api_key), Depends(require_same_origin)]
     app.include_router(health.router)
     app.include_router(score.router, dependencies=protected)
     app.include_router(model_info.router, dependencies=protected)
     app.include_router(service.api.jobs.router, dependencies=protected)
+    app.include_router(worklist.router, dependencies=protected)
+    app.include_router(node.router, dependencies=protected)
     app.include_router(page.router, dependencies=protected)
     app.include_router(docs.router, dependencies=protected)
     app.add_middleware(HeadAndOptions)

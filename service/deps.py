@@ -9,6 +9,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import (
@@ -26,7 +27,7 @@ from model.steps import Prepared, prepare
 from service import metrics, readiness
 from service.batching import MicroBatcher
 from service.decode_budget import DecodeBudget
-from service.errors import NOT_READY, UNAUTHORIZED, ApiError
+from service.errors import CROSS_ORIGIN, NOT_READY, UNAUTHORIZED, ApiError
 from service.jobs.manager import JobManager
 from service.settings import Settings
 
@@ -109,7 +110,12 @@ class AppState:
         pixels = min(declared_pixels(data), self.settings.max_pixels * 4)  # a lying header is refused later
         async with self.decode_budget.reserve(pixels * PEAK_BYTES_PER_PIXEL), self.decode_slots:
             return await run_in_threadpool(
-                prepare, data, runtime.preprocessing, self.settings.max_pixels, runtime.gate
+                prepare,
+                data,
+                runtime.preprocessing,
+                self.settings.max_pixels,
+                runtime.gate,
+                full_resolution=self.settings.decode_full_resolution,
             )
 
 
@@ -188,3 +194,21 @@ def _bytes(text: str) -> bytes:
 
 
 ApiKeyDep = Depends(require_api_key)
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def require_same_origin(request: Request) -> None:
+    """Refuse a state-changing request that a page of another origin made (403 ``cross_origin``).
+
+    A browser that signed in with HTTP Basic sends those credentials with any request to this
+    server, a form posted by another site included; browsers also name the page's origin in
+    ``Origin`` on every such request, so one that does not match the host addressed was not sent
+    by this server's page. Clients other than browsers send no ``Origin`` and are not affected.
+    """
+    origin = request.headers.get("origin")
+    if request.method not in UNSAFE_METHODS or origin is None:
+        return
+    if urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+        raise ApiError(403, CROSS_ORIGIN, "requests that change state must come from this server's own page")

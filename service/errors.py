@@ -26,6 +26,7 @@ MISSING_FILE = "missing_file"
 MALFORMED_REQUEST = "malformed_request"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_format"  # same code as unknown content: the client fix is the same
 UNAUTHORIZED = "unauthorized"
+CROSS_ORIGIN = "cross_origin"
 NOT_READY = "not_ready"
 INVALID_REQUEST = "invalid_request"
 INTERNAL_ERROR = "internal_error"
@@ -77,6 +78,14 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
     "required": ["error"],
 }
+
+
+def documented_errors(*statuses: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses, each with its description and the error body."""
+    return {
+        code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        for code, text in statuses
+    }
 
 
 class ApiError(Exception):

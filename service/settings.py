@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     )
     max_upload_mb: float = Field(64.0, gt=0, description="Largest accepted request body.")
     max_pixels: int = Field(100_000_000, gt=0, description="Largest accepted decoded image (pixels).")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads decoding images in each batch process and the DICOM node (0: cores, at most 4).",
+    )
+    decode_full_resolution: bool = Field(
+        False,
+        description="Decode at full resolution, not the model's (slower; scores move by <0.01).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes for `squid serve`.")
@@ -199,6 +208,15 @@ class Settings(BaseSettings):
     dicom_tls_cert: Path | None = Field(None, description="PEM certificate: `squid listen` speaks DICOM TLS.")
     dicom_tls_key: Path | None = Field(None, description="PEM private key of that certificate.")
     dicom_tls_ca: Path | None = Field(None, description="CA bundle: when set, callers must present a cert.")
+    # The worklist on the web page.
+    node_state_dir: Path | None = Field(
+        None,
+        description="The node's worklist records and health, read by the API; default: <spool>/worklist.",
+    )
+    worklist_patient_identifiers: bool = Field(
+        False,
+        description="Show patient name and ID in the worklist (the page may reach more people than PACS).",
+    )
 
     @model_validator(mode="after")
     def _time_limit_below_visibility(self) -> Settings:
@@ -247,6 +265,11 @@ class Settings(BaseSettings):
             age_rule=self.domain_age_rule,
             image_check=self.domain_image_check,
         )
+
+    @property
+    def node_state(self) -> Path:
+        """Where ``squid listen`` keeps its worklist records and health for the API to read."""
+        return self.node_state_dir or self.dicom_spool_dir / "worklist"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -1,7 +1,18 @@
 """Read a DICOM upload into display-ready pixels: parse, gate, decode the first frame, apply LUTs.
 
 Order matters: everything decidable from the header (pixel data present, modality, view, body
-part, size) is checked before any pixel is decoded, so refused uploads and bombs cost no decode.
+part, size) and from the codestream's own header (its declared size) is checked before any pixel
+is decoded, so refused uploads and bombs cost no decode.
+
+With ``min_side`` the image is decoded at a reduced resolution (:mod:`model.imaging.frames`,
+:mod:`model.imaging.reduce`), and the LUTs run on the reduced image only where that equals running
+them first: the Modality LUT is a rescale and the VOI is affine over the image's range (no window
+clipping, no VOI LUT Sequence, no SIGMOID). Otherwise they run first, on blocks of rows, each block
+box-reduced as it comes, so no full-size float image exists either way. A codec reduction (JPEG
+2000 resolution level, JPEG DCT scaling) leaves no full-size values to run a LUT on first, so the
+codec reduces only when the LUTs are affine over every value Bits Stored allows (decided from the
+header) and decodes in full otherwise: a window clipping the background turns large areas into
+ties, which the rank-based intensity step of the preprocessing magnifies.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.pixels import apply_color_lut
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -33,31 +44,41 @@ from model.blockwise import map_rows
 from . import gates, grayscale
 from .age import STUDY_DATE_KEYWORDS, age_years
 from .errors import ImageRejected, OutOfDomain, Reason
+from .frames import StoredFrame, decode_first_frame, syntax_label
 from .privacy import Scrubber
+from .reduce import box_factor, box_mean, map_then_reduce
 from .result import DecodedImage, Finding, ImageInfo
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless})
+DEFER_BYTES = 1 << 16
 
 
 def read_dicom(
-    data: bytes, *, max_pixels: int, header_rules: Collection[str] = gates.HEADER_RULES
+    data: bytes,
+    *,
+    max_pixels: int,
+    header_rules: Collection[str] = gates.HEADER_RULES,
+    min_side: int | None = None,
 ) -> DecodedImage:
     """DICOM bytes -> :class:`DecodedImage`, or :class:`ImageRejected` with the reason.
 
     ``header_rules`` are the domain gate's header rules in force (:data:`gates.HEADER_RULES`); any
-    that fails raises :class:`OutOfDomain` before a pixel is decoded. pydicom warnings are silenced
-    for the whole read: they quote element values and carry no information the caller needs
-    (problems surface as rejections or findings instead).
+    that fails raises :class:`OutOfDomain` before a pixel is decoded. ``min_side``: decode at the
+    smallest resolution whose shorter side keeps at least that many pixels (``None``: full
+    resolution). pydicom warnings are silenced for the whole read: they quote element values and
+    carry no information the caller needs (problems surface as rejections or findings instead).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _read(data, max_pixels=max_pixels, header_rules=header_rules)
+        return _read(data, max_pixels=max_pixels, header_rules=header_rules, min_side=min_side)
 
 
-def _read(data: bytes, *, max_pixels: int, header_rules: Collection[str]) -> DecodedImage:
+def _read(
+    data: bytes, *, max_pixels: int, header_rules: Collection[str], min_side: int | None
+) -> DecodedImage:
     findings: list[str] = []
     ds = _parse(data)
     complete = any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS) or _ends_on_element(ds, len(data))
@@ -80,17 +101,21 @@ def _read(data: bytes, *, max_pixels: int, header_rules: Collection[str]) -> Dec
         findings.append(Finding.MULTI_FRAME_FIRST_USED)
     if _is_lossy(ds, syntax):
         findings.append(Finding.LOSSY_COMPRESSED)
-    stored = _decode_first_frame(ds, syntax, scrub)
-    pixels = _to_display(stored, ds, syntax, findings)
+    codec_side = min_side if min_side and grayscale.affine_for_any_stored_value(ds) else None
+    frame = decode_first_frame(data, ds, syntax, min_side=codec_side, scrub=scrub)
+    factor = box_factor(frame.pixels.shape[0], frame.pixels.shape[1], min_side)
+    pixels = _to_display(frame, factor, ds, syntax, findings)
     age = age_years(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"), _study_date(ds))
     return DecodedImage(
-        pixels=pixels, info=_info(ds, syntax, pixels.shape), warnings=findings, patient_age_years=age
+        pixels=pixels, info=_info(ds, syntax, (rows, columns)), warnings=findings, patient_age_years=age
     )
 
 
 def _parse(data: bytes) -> Dataset:
+    """The dataset, with values over :data:`DEFER_BYTES` (Pixel Data) left in ``data`` until used:
+    the decoders read Pixel Data in place (:func:`model.imaging.frames.pixel_data`), not a copy."""
     try:
-        ds = dcmread(BytesIO(data), force=True)
+        ds = dcmread(BytesIO(data), force=True, defer_size=DEFER_BYTES)
     except Exception as exc:
         raise ImageRejected(
             Reason.UNDECODABLE, f"DICOM header could not be parsed ({type(exc).__name__})"
@@ -112,7 +137,7 @@ def _ends_on_element(ds: Dataset, size: int) -> bool:
         return False
     end = 0
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts its raw elements
-        element = ds.get_item(tag)
+        element = ds.get_item(tag, keep_deferred=True)
         offset, length = getattr(element, "value_tell", None), getattr(element, "length", None)
         if offset is None or length is None or length == UNDEFINED_LENGTH:
             return False
@@ -134,7 +159,7 @@ def _require_pixel_data(ds: Dataset, syntax: UID, *, complete: bool) -> None:
     if not complete and (len(ds) == 0 or is_image_class or any(k in ds for k in IMAGE_PIXEL_KEYWORDS)):
         raise ImageRejected(
             Reason.UNDECODABLE,
-            f"image without complete pixel data (truncated file?), transfer syntax {_syntax_label(syntax)}",
+            f"image without complete pixel data (truncated file?), transfer syntax {syntax_label(syntax)}",
         )
     raise ImageRejected(
         Reason.NO_PIXEL_DATA, f"DICOM object without pixel data (SOP class {_sop_class_name(ds)})"
@@ -202,19 +227,11 @@ def _study_date(ds: Dataset) -> str | None:
     return next((value for key in STUDY_DATE_KEYWORDS if (value := _text(ds, key))), None)
 
 
-def _decode_first_frame(ds: Dataset, syntax: UID, scrub: Scrubber) -> NDArray[Any]:
-    try:
-        return pixel_array(ds, index=0)
-    except Exception as exc:
-        message = scrub(" ".join(str(exc).split()))[:300]
-        raise ImageRejected(
-            Reason.UNDECODABLE,
-            f"pixel data could not be decoded with transfer syntax {_syntax_label(syntax)}: "
-            f"{type(exc).__name__}: {message}",
-        ) from None
-
-
-def _to_display(stored: NDArray[Any], ds: Dataset, syntax: UID, findings: list[str]) -> NDArray[np.float32]:
+def _to_display(
+    frame: StoredFrame, factor: int, ds: Dataset, syntax: UID, findings: list[str]
+) -> NDArray[np.float32]:
+    """Stored values -> display values (bone white), box-reduced by ``factor`` on the way."""
+    stored = frame.pixels
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     if not photometric:
         findings.append(Finding.MISSING_PHOTOMETRIC_INTERPRETATION)
@@ -223,19 +240,19 @@ def _to_display(stored: NDArray[Any], ds: Dataset, syntax: UID, findings: list[s
         bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
         if grayscale.is_colour(stored, float(2**bits - 1)):
             findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
-        gray = map_rows(stored, grayscale.luma, np.float32)
+        gray = _map(stored, grayscale.luma, factor)
     elif photometric == "PALETTE COLOR":
         rgb = apply_color_lut(stored, ds)
         if grayscale.is_colour(rgb, 255.0 if rgb.dtype == np.uint8 else 65535.0):
             findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
-        gray = map_rows(rgb, grayscale.luma, np.float32)
+        gray = _map(rgb, grayscale.luma, factor)
     elif photometric in ("MONOCHROME1", "MONOCHROME2"):
-        gray = _monochrome(stored, ds, photometric, findings)
+        gray = _monochrome(stored, factor, ds, photometric, findings)
     else:
         raise ImageRejected(
             Reason.UNDECODABLE,
             f"photometric interpretation {photometric!r} is not supported for a single-sample "
-            f"image (transfer syntax {_syntax_label(syntax)})",
+            f"image (transfer syntax {syntax_label(syntax)})",
         )
     if not np.isfinite(gray).all():
         raise ImageRejected(Reason.UNDECODABLE, "pixel values are not finite after the modality/VOI LUTs")
@@ -243,9 +260,10 @@ def _to_display(stored: NDArray[Any], ds: Dataset, syntax: UID, findings: list[s
 
 
 def _monochrome(
-    stored: NDArray[Any], ds: Dataset, photometric: str, findings: list[str]
-) -> NDArray[np.float32]:
-    """Modality LUT, VOI and polarity, in float64 by row blocks into one float32 image."""
+    stored: NDArray[Any], factor: int, ds: Dataset, photometric: str, findings: list[str]
+) -> NDArray[Any]:
+    """Modality LUT, VOI and polarity in float64: after the box reduction when they are affine over
+    the image's range, otherwise before it by row blocks."""
     low, high = grayscale.modality_range(stored, ds)
     voi = grayscale.voi_function(low, high, ds, findings)
     shape = (_text(ds, "PresentationLUTShape") or "").upper() or None
@@ -254,10 +272,19 @@ def _monochrome(
     invert = grayscale.needs_inversion(photometric, shape)
 
     def display(rows: NDArray[Any]) -> NDArray[np.float64]:
-        values = voi(grayscale.modality_values(rows, ds))
+        values = voi.apply(grayscale.modality_values(rows, ds))
         return 1.0 - values if invert else values
 
-    return map_rows(stored, display, np.float32)
+    if factor > 1 and voi.affine and grayscale.modality_is_affine(ds):
+        return display(box_mean(stored, factor))
+    return _map(stored, display, factor)
+
+
+def _map(stored: NDArray[Any], formula: Any, factor: int) -> NDArray[Any]:
+    """``formula`` on every pixel, by row blocks, box-reduced by ``factor`` (1: full size, float32)."""
+    if factor == 1:
+        return map_rows(stored, formula, np.float32)
+    return map_then_reduce(stored, formula, factor)
 
 
 def _is_lossy(ds: Dataset, syntax: UID) -> bool:
@@ -303,7 +330,3 @@ def _sop_class_name(ds: Dataset) -> str:
         return "unknown"
     name = UID(uid).name
     return f"{name} ({uid})" if name != uid else uid
-
-
-def _syntax_label(syntax: UID) -> str:
-    return f"{syntax.name} ({syntax})" if syntax.name != str(syntax) else str(syntax)

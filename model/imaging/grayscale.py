@@ -12,6 +12,7 @@ own, and the tests cross-check them against pydicom.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,14 @@ def voi_values(values: FloatArray, ds: Dataset, findings: list[str]) -> FloatArr
 
 
 def modality_range(stored: NDArray[Any], ds: Dataset) -> tuple[float, float]:
-    """Min and max modality value of the whole image, computed a block of rows at a time."""
+    """Min and max modality value of the whole image.
+
+    An affine modality maps the stored extremes (no float pass over the image); a Modality LUT
+    Sequence is evaluated a block of rows at a time.
+    """
+    if modality_is_affine(ds) and stored.ndim == 2:
+        ends = modality_values(np.array([stored.min(), stored.max()]), ds)
+        return float(ends.min()), float(ends.max())
     low, high = np.inf, -np.inf
     for rows in row_blocks(stored):
         values = modality_values(stored[rows], ds)
@@ -75,18 +83,30 @@ def modality_range(stored: NDArray[Any], ds: Dataset) -> tuple[float, float]:
     return low, high
 
 
-def voi_function(
-    low: float, high: float, ds: Dataset, findings: list[str]
-) -> Callable[[FloatArray], FloatArray]:
+@dataclass(frozen=True)
+class Voi:
+    """The VOI step as an element-wise function, and whether it is affine over the image's range.
+
+    Affine means it commutes with averaging, so it may run after a box reduction with the same
+    result as before it (:mod:`model.imaging.reduce`).
+    """
+
+    apply: Callable[[FloatArray], FloatArray]
+    affine: bool
+
+
+def voi_function(low: float, high: float, ds: Dataset, findings: list[str]) -> Voi:
     """:func:`voi_values` as an element-wise function, decided once from the image's modality range.
 
     The window functions are monotonic, so "the window leaves the whole image on one level" is
-    read off the window's output at ``low`` and ``high``; the formula then runs block by block.
+    read off the window's output at ``low`` and ``high``; the formula then runs block by block. A
+    LINEAR or LINEAR_EXACT window is affine when neither end of the range is clipped; a VOI LUT
+    Sequence or a SIGMOID window never is.
     """
     sequence = ds.get("VOILUTSequence")
     if sequence:
         item = sequence[0]
-        return lambda values: _lut_sequence(values, item, ds)
+        return Voi(lambda values: _lut_sequence(values, item, ds), affine=False)
     window = _first_window(ds)
     if window is not None:
         center, width = window
@@ -101,15 +121,36 @@ def voi_function(
         if edges[0] == edges[1] and high > low:
             findings.append(Finding.VOI_WINDOW_OUTSIDE_DATA_FULL_RANGE)
             return _full_range_of(low, high)
-        return lambda values: apply_window(values, center, width, function)
+        unclipped = function != "SIGMOID" and width != 1 and edges[0] > 0.0 and edges[1] < 1.0
+        return Voi(lambda values: apply_window(values, center, width, function), affine=unclipped)
     findings.append(Finding.NO_VOI_WINDOW_FULL_RANGE)
     return _full_range_of(low, high)
 
 
-def _full_range_of(low: float, high: float) -> Callable[[FloatArray], FloatArray]:
+def modality_is_affine(ds: Dataset) -> bool:
+    """Rescale Slope/Intercept is affine; a Modality LUT Sequence is a table lookup."""
+    return not ds.get("ModalityLUTSequence")
+
+
+def affine_for_any_stored_value(ds: Dataset) -> bool:
+    """Whether Modality LUT and VOI are affine over every value Bits Stored allows.
+
+    Decided from the header alone, before decoding: then the LUTs may run after a reduction the
+    codec makes (a JPEG 2000 resolution level), where no full-size values exist to run them on.
+    """
+    if not modality_is_affine(ds):
+        return False
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    stored = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    ends = modality_values(np.array(stored), ds)
+    return voi_function(float(ends.min()), float(ends.max()), ds, []).affine
+
+
+def _full_range_of(low: float, high: float) -> Voi:
     if high <= low:
-        return np.zeros_like
-    return lambda values: (values - low) / (high - low)
+        return Voi(np.zeros_like, affine=True)
+    return Voi(lambda values: (values - low) / (high - low), affine=True)
 
 
 def apply_window(values: FloatArray, center: float, width: float, function: str) -> FloatArray:

@@ -49,3 +49,37 @@ def peek_uids(data: bytes) -> tuple[str, str, str] | None:
     except Exception:
         return None
     return study, series, sop
+
+
+STUDY_TAGS = ("AccessionNumber", "StudyDate")
+
+
+def peek_study(data: bytes) -> tuple[str, str]:
+    """Accession Number and Study Date (``YYYYMMDD``) of a DICOM byte string; empty when absent.
+
+    What a site needs to find a study in its PACS (the worklist shows them); not a patient
+    identifier, but never logged either (:mod:`model.imaging.privacy` redacts accession numbers).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True, specific_tags=list(STUDY_TAGS))
+        accession, date = (str(ds.get(tag, "") or "").strip() for tag in STUDY_TAGS)
+    except Exception:
+        return "", ""
+    return accession[:64], date[:8] if len(date) >= 8 and date[:8].isdigit() else ""
+
+
+def peek_patient(source: bytes | Path) -> tuple[str, str]:
+    """Patient's Name and Patient ID: only for the worklist of a site that allows showing them
+    (``SQUID_WORKLIST_PATIENT_IDENTIFIERS``); never for results, JSON answers by default, or logs."""
+    tags = ["PatientName", "PatientID"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            where = BytesIO(source) if isinstance(source, bytes) else source
+            ds = dcmread(where, force=True, stop_before_pixels=True, specific_tags=tags)
+        name, patient_id = (str(ds.get(tag, "") or "").strip() for tag in tags)
+    except Exception:
+        return "", ""
+    return name[:128], patient_id[:64]

@@ -61,7 +61,7 @@ def without_addresses(text: str) -> str:
 
 
 def _vr(ds: Dataset, tag: int) -> str | None:
-    element = ds.get_item(tag)
+    element = ds.get_item(tag, keep_deferred=True)  # a large value left unread stays so
     if element is not None and element.VR:
         return str(element.VR)
     try:

@@ -7,6 +7,11 @@ photos and some exporters rotate by tag only) and refusing bombs before decoding
 Pillow's own bomb guard is the process-global ``Image.MAX_IMAGE_PIXELS``; we leave that global
 alone (requests run in threads) and compare the header size with ``max_pixels`` ourselves before
 any pixel is decoded. Pillow still refuses anything over twice its global limit.
+
+With ``min_side`` a JPEG is decoded with DCT scaling (Pillow's ``draft``: 1/2, 1/4 or 1/8 a side)
+and a PNG, which cannot be decoded smaller, is box-reduced on the way to gray
+(:mod:`model.imaging.reduce`). An animated PNG is read at its first frame, with the same finding as a
+multi-frame DICOM.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from model.blockwise import map_rows
 from . import grayscale
 from .errors import ImageRejected, Reason
 from .privacy import without_addresses
+from .reduce import box_factor, box_mean, map_then_reduce, power_of_two_steps
 from .result import DecodedImage, Finding, ImageFormat, ImageInfo
 
 PILLOW_FORMATS: dict[str, str] = {"png": "PNG", "jpeg": "JPEG"}
@@ -39,10 +45,18 @@ MODE_BITS: dict[str, int] = {
     "F": 32,
 }
 EXIF_ORIENTATION = 0x0112
+# EXIF orientations 5-8 turn the picture a quarter: rows become columns.
+QUARTER_TURNS = frozenset({5, 6, 7, 8})
+MAX_DCT_STEPS = 3
 
 
-def read_raster(data: bytes, fmt: ImageFormat, *, max_pixels: int) -> DecodedImage:
-    """PNG/JPEG bytes -> :class:`DecodedImage`, or :class:`ImageRejected` with the reason."""
+def read_raster(
+    data: bytes, fmt: ImageFormat, *, max_pixels: int, min_side: int | None = None
+) -> DecodedImage:
+    """PNG/JPEG bytes -> :class:`DecodedImage`, or :class:`ImageRejected` with the reason.
+
+    ``min_side``: as for :func:`model.imaging.read_image` (``None``: full resolution).
+    """
     findings: list[str] = []
     try:
         with warnings.catch_warnings():
@@ -56,6 +70,11 @@ def read_raster(data: bytes, fmt: ImageFormat, *, max_pixels: int) -> DecodedIma
                 )
             if width == 0 or height == 0:
                 raise ImageRejected(Reason.EMPTY_IMAGE, f"image is {width}x{height}")
+            if getattr(image, "n_frames", 1) > 1:
+                findings.append(Finding.MULTI_FRAME_FIRST_USED)
+            steps = power_of_two_steps(height, width, min_side, MAX_DCT_STEPS) if fmt == "jpeg" else 0
+            if steps:
+                image.draft(image.mode, (-(-width // (1 << steps)), -(-height // (1 << steps))))
             image.load()
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             image = ImageOps.exif_transpose(image)
@@ -74,27 +93,30 @@ def read_raster(data: bytes, fmt: ImageFormat, *, max_pixels: int) -> DecodedIma
     if fmt == "jpeg":
         findings.append(Finding.LOSSY_COMPRESSED)
     mode = image.mode
-    pixels, photometric = _gray(image, findings)
+    rows, columns = (width, height) if orientation in QUARTER_TURNS else (height, width)
+    factor = box_factor(image.height, image.width, min_side)
+    pixels, photometric = _gray(image, factor, findings)
     info = ImageInfo(
         format=fmt,
-        rows=int(pixels.shape[0]),
-        columns=int(pixels.shape[1]),
+        rows=rows,
+        columns=columns,
         photometric_interpretation=photometric,
         bits_stored=MODE_BITS.get(mode, 8),
     )
     return DecodedImage(pixels=pixels, info=info, warnings=findings)
 
 
-def _gray(image: Image.Image, findings: list[str]) -> tuple[NDArray[np.float32], str]:
-    """Any Pillow mode -> float32 gray plane, and the photometric interpretation it came from."""
+def _gray(image: Image.Image, factor: int, findings: list[str]) -> tuple[NDArray[np.float32], str]:
+    """Any Pillow mode -> float32 gray plane box-reduced by ``factor``, and the photometric
+    interpretation it came from."""
     mode = image.mode
     if mode in HIGH_DEPTH_MODES or mode == "L":
-        return _float(np.asarray(image)), "MONOCHROME2"
+        return _float(np.asarray(image), factor), "MONOCHROME2"
     if mode == "1":
-        return _float(np.asarray(image.convert("L"))), "MONOCHROME2"
+        return _float(np.asarray(image.convert("L")), factor), "MONOCHROME2"
     if mode in ("LA", "La"):
         _note_alpha(np.asarray(image.getchannel("A")), findings)
-        return _float(np.asarray(image.getchannel("L"))), "MONOCHROME2"
+        return _float(np.asarray(image.getchannel("L")), factor), "MONOCHROME2"
     photometric = "PALETTE COLOR" if mode in ("P", "PA") else "RGB"
     has_alpha = mode in ALPHA_MODES or "transparency" in image.info
     wanted = "RGBA" if has_alpha else "RGB"
@@ -103,6 +125,8 @@ def _gray(image: Image.Image, findings: list[str]) -> tuple[NDArray[np.float32],
         _note_alpha(rgba[..., 3], findings)
     if grayscale.is_colour(rgba):
         findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
+    if factor > 1:
+        return _float(map_then_reduce(rgba, grayscale.luma, factor), 1), photometric
     return map_rows(rgba, grayscale.luma, np.float32), photometric
 
 
@@ -111,8 +135,9 @@ def _note_alpha(alpha: NDArray[Any], findings: list[str]) -> None:
         findings.append(Finding.ALPHA_CHANNEL_IGNORED)
 
 
-def _float(array: NDArray[Any]) -> NDArray[np.float32]:
-    return np.ascontiguousarray(array, dtype=np.float32)
+def _float(array: NDArray[Any], factor: int) -> NDArray[np.float32]:
+    reduced = box_mean(array, factor) if factor > 1 else array
+    return np.ascontiguousarray(reduced, dtype=np.float32)
 
 
 def _reason(exc: Exception) -> str:

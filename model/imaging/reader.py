@@ -27,9 +27,15 @@ def read_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     header_rules: Collection[str] = HEADER_RULES,
+    min_side: int | None = None,
 ) -> DecodedImage:
     """Decode a DICOM, PNG or JPEG upload (detected by content) into a :class:`DecodedImage`.
 
+    ``min_side``: the caller needs no more than this many pixels on the image's shorter side, so
+    the image is decoded at the smallest resolution that keeps them (JPEG 2000 resolution levels,
+    JPEG DCT scaling, box means of decoded pixels: :mod:`model.imaging.reduce`); ``None`` decodes
+    at full resolution. Every scoring channel passes
+    :func:`model.imaging.reduce.min_side_for` of its model through :func:`model.steps.prepare`.
     ``header_rules`` are the domain gate's DICOM header rules in force (:mod:`model.imaging.gates`;
     an empty set for tooling and decoder tests). Any failure is an :class:`ImageRejected` (an
     :class:`OutOfDomain` when a header rule fails); nothing else escapes, and no message quotes
@@ -45,16 +51,18 @@ def read_image(
         )
     try:
         if fmt == "dicom":
-            decoded = read_dicom(data, max_pixels=max_pixels, header_rules=header_rules)
+            decoded = read_dicom(data, max_pixels=max_pixels, header_rules=header_rules, min_side=min_side)
         else:
-            decoded = read_raster(data, fmt, max_pixels=max_pixels)
+            decoded = read_raster(data, fmt, max_pixels=max_pixels, min_side=min_side)
     except ImageRejected:
         raise
     except Exception as exc:  # a malformed header can break pydicom anywhere; keep the contract
         raise ImageRejected(Reason.UNDECODABLE, f"{fmt} could not be read ({type(exc).__name__})") from None
     if decoded.pixels.ndim != 2 or decoded.pixels.size == 0:
         raise ImageRejected(Reason.EMPTY_IMAGE, f"decoded image has shape {decoded.pixels.shape}")
-    findings = [str(code) for code in decoded.warnings] + shape_findings(decoded.pixels.shape)
+    findings = [str(code) for code in decoded.warnings] + shape_findings(
+        (decoded.info.rows, decoded.info.columns)
+    )
     return replace(decoded, warnings=findings)
 
 
@@ -82,11 +90,12 @@ def read_path(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     header_rules: Collection[str] = HEADER_RULES,
+    min_side: int | None = None,
 ) -> DecodedImage:
     """:func:`read_image` on a file's bytes (the name plays no part in format detection)."""
     with open(path, "rb") as handle:
         data = handle.read()
-    return read_image(data, max_pixels=max_pixels, header_rules=header_rules)
+    return read_image(data, max_pixels=max_pixels, header_rules=header_rules, min_side=min_side)
 
 
 def shape_findings(shape: tuple[int, ...]) -> list[str]:

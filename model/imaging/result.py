@@ -39,9 +39,10 @@ class Finding(StrEnum):
 class ImageInfo:
     """Technical metadata safe to log and return: no patient identifiers by construction.
 
-    ``rows``/``columns`` are the decoded size (after EXIF orientation for PNG/JPEG), before any
-    resizing. PNG/JPEG report ``MONOCHROME2``/``RGB``/``PALETTE COLOR`` and their sample depth so
-    one schema covers every format.
+    ``rows``/``columns`` are the image's own size (after EXIF orientation for PNG/JPEG), whatever
+    resolution it was decoded at (:attr:`DecodedImage.pixels` may be smaller). PNG/JPEG report
+    ``MONOCHROME2``/``RGB``/``PALETTE COLOR`` and their sample depth so one schema covers every
+    format.
     """
 
     format: ImageFormat
@@ -68,7 +69,9 @@ class ImageInfo:
 class DecodedImage:
     """A 2-D float32 image where brighter means more attenuating (bone white), as on a PNG print.
 
-    The intensity range is arbitrary (callers min-max normalise) but always finite.
+    The intensity range is arbitrary (callers min-max normalise) but always finite. ``pixels`` is
+    at full resolution, or reduced when the reader was given a ``min_side`` (``info`` keeps the
+    image's own size).
     """
 
     pixels: NDArray[np.float32]

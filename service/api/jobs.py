@@ -19,12 +19,12 @@ from starlette.requests import ClientDisconnect
 
 from service.deps import JobManagerDep
 from service.errors import (
-    ERROR_SCHEMA,
     INVALID_REQUEST,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
     ApiError,
     client_closed,
+    documented_errors,
 )
 from service.jobs.archive import check_archive, remove_tree
 from service.jobs.manager import JobManager, JobView, results_storage
@@ -125,6 +125,8 @@ def _out(view: JobView, request: Request) -> JobOut:
             for level in levels
             for fmt in ("csv", "jsonl")
         }
+        if view.dicom_out:
+            results["dicom_zip"] = str(request.url_for("get_dicom_archive", job_id=view.id))
     data = {name: getattr(view, name) for name in JobOut.model_fields if name != "results"}
     return JobOut(**data, results=results)
 
@@ -145,18 +147,15 @@ _POST_BODY: dict[str, Any] = {
         },
     }
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for code, text in (
-        (403, "path outside SQUID_IMPORT_ROOT (also via '..' or symlinks), or folder jobs disabled"),
-        (404, "no such folder / job"),
-        (409, "job not finished (results) or already finished (cancel)"),
-        (413, "zip upload or its uncompressed content too large"),
-        (415, "body is neither JSON nor a zip archive"),
-        (422, "invalid path or body"),
-        (503, "no broker configured, Redis unreachable, or the results folder full / not writable"),
-    )
-}
+_ERRORS = documented_errors(
+    (403, "path outside SQUID_IMPORT_ROOT (also via '..' or symlinks), or folder jobs disabled"),
+    (404, "no such folder / job"),
+    (409, "job not finished (results) or already finished (cancel)"),
+    (413, "zip upload or its uncompressed content too large"),
+    (415, "body is neither JSON nor a zip archive"),
+    (422, "invalid path or body"),
+    (503, "no broker configured, Redis unreachable, or the results folder full / not writable"),
+)
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut, openapi_extra=_POST_BODY, responses=_ERRORS)
@@ -238,6 +237,38 @@ def get_results(
     or JSON Lines."""
     path = manager.result_file(job_id, level, format)
     return FileResponse(path, media_type=MEDIA_TYPES[format], filename=f"{job_id}-{path.name}")
+
+
+class JobList(BaseModel):
+    """A page of the jobs of this results folder, newest first."""
+
+    total: int
+    offset: int
+    limit: int
+    jobs: list[JobOut]
+
+
+@router.get("/jobs", response_model=JobList, responses=_ERRORS)
+def list_jobs(
+    request: Request,
+    manager: JobManagerDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    """The jobs, newest first, with their state and progress (the web page's job list)."""
+    total, views = manager.list_jobs(offset, limit)
+    return JobList(total=total, offset=offset, limit=limit, jobs=[_out(view, request) for view in views])
+
+
+@router.get(
+    "/jobs/{job_id}/dicom.zip",
+    responses={**_ERRORS, 200: {"content": {"application/zip": {}}, "description": "the DICOM outputs"}},
+)
+def get_dicom_archive(job_id: str, manager: JobManagerDep) -> FileResponse:
+    """Every DICOM SR and secondary capture of a succeeded ``dicom_out`` job, with
+    ``dicom_outputs.csv``, as one zip."""
+    path = manager.dicom_archive(job_id)
+    return FileResponse(path, media_type="application/zip", filename=f"{job_id}-dicom-outputs.zip")
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)

@@ -6,9 +6,10 @@ retried chunk or a re-run overwrites, never duplicates). Each chunk records what
 ``dicom_outputs.csv`` and ``dicom_outputs.jsonl``: one row per object, or one row with a reason for a
 scored DICOM file that got none. PNG/JPEG files have no row (they have no study to file into).
 
-The SC needs the full-resolution pixels, which a chunk drops after preprocessing to bound memory, so
-each scored file is read and decoded once more here, one at a time. The same model imaging code
-decodes it, so the pixels are those that were scored.
+The SC needs the display pixels, which a chunk drops after preprocessing to bound memory, so each
+scored file is read and decoded once more here, one at a time, at the same reduced resolution
+(:func:`model.steps.decode_side`): the pixels are those that were scored, and no file is decoded at
+full size for its capture.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 from model.dicom_results import ModelInfo, NotBuilt, build_for_upload
 from model.imaging import ImageRejected, read_image
 from model.runtime import ScoreResult, SquidRuntime
+from model.steps import decode_side
 from service.jobs.results import RESULT_FILES, atomic_write
 from service.jobs.rows import Reason, to_csv, to_jsonl
 from service.jobs.walker import resolve_inside
@@ -57,10 +61,11 @@ def records(
     written raises (``OSError``), so the chunk is retried instead of silently losing objects.
     """
     model = ModelInfo.from_metadata(runtime.metadata)
+    min_side = decode_side(runtime.preprocessing)
     return [
         record
         for path, result in results.items()
-        for record in _objects(root, path, result, model, job_dir, max_pixels)
+        for record in _objects(root, path, result, model, job_dir, max_pixels, min_side)
     ]
 
 
@@ -71,7 +76,13 @@ def write_chunk(job_dir: Path, index: int, chunk_records: list[dict[str, Any]]) 
 
 
 def _objects(
-    root: Path, path: str, result: ScoreResult, model: ModelInfo, job_dir: Path, max_pixels: int
+    root: Path,
+    path: str,
+    result: ScoreResult,
+    model: ModelInfo,
+    job_dir: Path,
+    max_pixels: int,
+    min_side: int,
 ) -> list[dict[str, Any]]:
     """The records of one file. A source that cannot be read or built gets a reason."""
     try:
@@ -79,7 +90,7 @@ def _objects(
     except OSError as exc:  # the message would quote the path; the code says enough
         return [_row(path, "", reason=Reason.UNREADABLE, detail=exc.strerror or type(exc).__name__)]
     try:
-        decoded = read_image(data, max_pixels=max_pixels)
+        decoded = read_image(data, max_pixels=max_pixels, min_side=min_side)
         if decoded.info.format != "dicom":
             return []
         built = build_for_upload(data, decoded, result, model)
@@ -134,3 +145,25 @@ def copy_published(job_dir: Path, out: Path) -> list[Path]:
         shutil.copytree(job_dir / FOLDER, out / FOLDER, dirs_exist_ok=True)
         copied.append(out / FOLDER)
     return copied
+
+
+ARCHIVE_NAME = "dicom-outputs.zip"
+
+
+def archive(job_dir: Path, index: Path) -> Path:
+    """``dicom-outputs.zip`` of a finished job: its index and every object, stored (DICOM pixels
+    compress poorly and the objects are large); made on the first download, then kept."""
+    target = job_dir / ARCHIVE_NAME
+    if target.is_file():
+        return target
+    fd, tmp = tempfile.mkstemp(dir=job_dir, prefix=f".{ARCHIVE_NAME}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as zipped:
+            zipped.write(index, index.name)
+            for path in sorted((job_dir / FOLDER).glob("*.dcm")):
+                zipped.write(path, f"{FOLDER}/{path.name}")
+        Path(tmp).replace(target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

@@ -23,6 +23,7 @@ from service.jobs.results import Published, ResultStore
 from service.jobs.scoring import STAGES, model_namespace, score_entries
 from service.jobs.walker import walk
 from service.settings import Settings
+from service.worklist.views import write_views
 
 
 @dataclass
@@ -53,12 +54,13 @@ def run_inprocess(
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     dicom_out: bool = False,
+    views: bool = False,
 ) -> BatchSummary:
     """Score every file under ``folder`` into ``out``; ``on_progress(n)`` after each chunk of n files.
 
     ``dicom_out`` also writes the SR and SC of every DICOM file (:mod:`service.jobs.dicom_outputs`);
     the objects need each file's anomaly map, which the resume cache does not keep, so it scores
-    every file again.
+    every file again. ``views`` keeps each scored image's viewer pictures (:mod:`service.worklist.views`).
     """
     rt = runtime or open_runtime(settings)
     started = time.perf_counter()  # model loading is not part of the job's time
@@ -86,12 +88,22 @@ def run_inprocess(
     try:
         for index, chunk in enumerate(chunks):
             outcome = score_entries(
-                rt, root, chunk, cache=cache, max_pixels=settings.max_pixels, with_map=dicom_out
+                rt,
+                root,
+                chunk,
+                cache=cache,
+                max_pixels=settings.max_pixels,
+                with_map=dicom_out,
+                threads=settings.decode_threads,
+                full_resolution=settings.decode_full_resolution,
             )
             write_started = time.perf_counter()
             if dicom_out:
                 made = dicom_outputs.records(rt, root, outcome.results, out, settings.max_pixels)
                 dicom_outputs.write_chunk(out, index, made)
+            if views:
+                write_views(rt, root, outcome.rows, out, settings.max_pixels)
+            store.write_thumbnails(index, outcome.thumbnails)
             store.write_chunk(index, outcome.rows)
             outcome.timing_ms["write"] = (time.perf_counter() - write_started) * 1e3
             counts.update(outcome.summary())

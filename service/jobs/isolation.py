@@ -102,6 +102,8 @@ class ChunkScoring:
     max_deliveries: int
     time_limit_s: int
     make_records: MakeRecords | None = None
+    decode_threads: int = 0  # SQUID_DECODE_THREADS
+    full_resolution: bool = False  # SQUID_DECODE_FULL_RESOLUTION
 
 
 def score_chunk(
@@ -142,7 +144,14 @@ def stopped_cleanly_on_storage_errors(runs: ChunkRuns, index: int, run: ChunkRun
 def _score(entries: list[FileEntry], how: ChunkScoring) -> ChunkOutcome:
     with_map = how.make_records is not None
     return score_entries(
-        how.runtime, how.root, entries, cache=how.cache, max_pixels=how.max_pixels, with_map=with_map
+        how.runtime,
+        how.root,
+        entries,
+        cache=how.cache,
+        max_pixels=how.max_pixels,
+        with_map=with_map,
+        threads=how.decode_threads,
+        full_resolution=how.full_resolution,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import shutil
 import time
@@ -181,14 +182,21 @@ class JobManager:
         return job_id, job_dir
 
     def submit_folder(
-        self, folder: Path, label: str, *, check_import_root: bool, dicom_out: bool = False
+        self,
+        folder: Path,
+        label: str,
+        *,
+        check_import_root: bool,
+        dicom_out: bool = False,
+        views: bool = False,
     ) -> JobView:
         """A job over ``folder`` (already resolved; checked against the import root by the caller).
 
         ``dicom_out``: also write the SR and SC of every scored DICOM file into the results folder.
+        ``views``: also keep each scored image's viewer pictures (the node's jobs, whose sources go).
         """
         job_id, job_dir = self.new_job()
-        return self._submit(job_id, job_dir, "path", label, folder, check_import_root, dicom_out)
+        return self._submit(job_id, job_dir, "path", label, folder, check_import_root, dicom_out, views)
 
     def submit_path(self, raw: str, dicom_out: bool = False) -> JobView:
         folder = resolve_job_path(raw, self.settings.import_root)
@@ -209,6 +217,7 @@ class JobManager:
         root: Path,
         check_import_root: bool,
         dicom_out: bool = False,
+        views: bool = False,
     ) -> JobView:
         created = now_iso()
         record = {
@@ -218,6 +227,7 @@ class JobManager:
             "label": label,
             "created_at": created,
             "dicom_out": "1" if dicom_out else "0",
+            "views": "1" if views else "0",
         }
         try:
             with results_storage():
@@ -298,6 +308,31 @@ class JobManager:
         if not path.is_file():
             raise JobError(404, "results_missing", "the result files of this job were removed")
         return path
+
+    def list_jobs(self, offset: int, limit: int) -> tuple[int, list[JobView]]:
+        """Jobs of this results folder, newest first (the web page's list): the total and one page."""
+        records = []
+        for entry in os.scandir(self.results_dir) if self.results_dir.is_dir() else []:
+            if JOB_ID.match(entry.name) and (record := read_record(Path(entry.path))) is not None:
+                records.append((str(record.get("created_at") or ""), entry.name))
+        records.sort(reverse=True)
+        views = []
+        for _, job_id in records[offset : offset + limit]:
+            try:
+                views.append(self.get(job_id))
+            except JobError as exc:
+                if exc.status != 404:  # removed meanwhile: skip; Redis down: say so
+                    raise
+        return len(records), views
+
+    def dicom_archive(self, job_id: str) -> Path:
+        """A zip of a succeeded ``dicom_out`` job's SR and SC files and their index, made once."""
+        view = self.get(job_id)
+        if not view.dicom_out:
+            raise JobError(404, "no_dicom_outputs", "this job was not asked for DICOM outputs (dicom_out)")
+        index = self.result_file(job_id, "dicom", "csv")
+        job_dir = self.job_dir(job_id)
+        return dicom_outputs.archive(job_dir, index)
 
     def copy_results(self, job_id: str, out: Path) -> list[Path]:
         """Copy a succeeded job's result files into ``out`` (``squid batch`` with a broker)."""

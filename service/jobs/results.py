@@ -9,7 +9,10 @@ has exactly one row, and writes ``instances.csv``, ``instances.jsonl``, ``studie
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +39,12 @@ RESULT_FILES: dict[tuple[str, str], str] = {
     ("dicom", "csv"): "dicom_outputs.csv",  # jobs with dicom_out (service.jobs.dicom_outputs)
     ("dicom", "jsonl"): "dicom_outputs.jsonl",
 }
+
+
+def image_key(path: str) -> str:
+    """A file's id in URLs and thumbnail archives: its job-relative path, hashed (paths may be long
+    or carry names that do not belong in a URL)."""
+    return hashlib.sha256(path.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -84,6 +93,26 @@ class ResultStore:
 
     def write_chunk(self, index: int, rows: list[Row]) -> None:
         atomic_write(self.chunk_path(index), "".join(json.dumps(row.to_json()) + "\n" for row in rows))
+
+    def thumbnails_path(self, index: int) -> Path:
+        return self.job_dir / "thumbs" / f"{index:06d}.zip"
+
+    def write_thumbnails(self, index: int, thumbnails: dict[str, bytes]) -> None:
+        """One archive per chunk (members named by :func:`image_key`), replaced like the chunk file:
+        thousands of small files would cost more than the thumbnails themselves."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+            for path, png in thumbnails.items():
+                archive.writestr(f"{image_key(path)}.png", png)
+        self.thumbnails_path(index).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.thumbnails_path(index), buffer.getvalue())
+
+    def thumbnail(self, index: int, key: str) -> bytes | None:
+        try:
+            with zipfile.ZipFile(self.thumbnails_path(index)) as archive:
+                return archive.read(f"{key}.png")
+        except (OSError, KeyError, zipfile.BadZipFile):
+            return None
 
     def has_chunk(self, index: int) -> bool:
         return self.chunk_path(index).is_file()

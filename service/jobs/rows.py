@@ -16,7 +16,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -112,8 +112,12 @@ class Row:
     threshold: float | None = None
     reason: str = ""
     detail: str = ""
-    domain_reasons: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    # The domain gate's reasons of an out_of_domain row, and every row's soft findings (published).
+    domain_reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    # For the worklist (service.worklist), kept in the chunk files only, not in the published CSV:
+    accession_number: str = ""
+    study_date: str = ""  # DICOM YYYYMMDD
 
     def to_json(self) -> dict[str, Any]:
         """Lossless form used in chunk files (full-precision floats)."""
@@ -121,7 +125,8 @@ class Row:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
-        return cls(**data)
+        lists = {name: tuple(data.get(name) or ()) for name in ("warnings", "domain_reasons")}
+        return cls(**{**data, **lists})
 
     @classmethod
     def rejected(cls, path: str, reason: str, detail: str, model_version: str, **uids: str) -> Row:

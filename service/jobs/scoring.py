@@ -7,28 +7,34 @@ result files. A file can only ever fail itself: every per-file error becomes a r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model.domain import DomainGate
 from model.imaging import ImageRejected, OutOfDomain
-from model.imaging.headers import peek_uids
+from model.imaging.headers import peek_study, peek_uids
+from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
-from model.steps import Prepared, infer, prepare, verdict
+from model.steps import Prepared, decode_threads, in_threads, infer, prepare, verdict
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
 from service.jobs.state import COUNT_KEYS
 from service.jobs.walker import FileEntry, resolve_inside
+from service.payload import thumbnail_png
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "decode", "preprocess", "inference", "write")
+THUMBNAIL_SIDE = 96  # the worklist's thumbnails, drawn while the full-size pixels are still in memory
 # Files larger than max(max_pixels * 8, 256 MiB) are refused unread (no image allowed could be that big).
 BYTES_PER_PIXEL_LIMIT = 8
 MIN_FILE_LIMIT = 256 << 20
@@ -56,6 +62,7 @@ class ChunkOutcome:
     timing_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     inference_batch: int = 0
     results: dict[str, ScoreResult] = field(default_factory=dict)
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # path -> PNG, for each decoded file
 
     def summary(self) -> dict[str, int]:
         return {key: int(self.counts.get(key, 0)) for key in COUNT_KEYS}
@@ -72,6 +79,7 @@ class ChunkOutcome:
         for stage, ms in other.timing_ms.items():
             self.timing_ms[stage] = self.timing_ms.get(stage, 0.0) + ms
         self.results.update(other.results)
+        self.thumbnails.update(other.thumbnails)
 
     def add_row(self, row: Row) -> None:
         """A row decided without scoring (a file not tried again); it must not be a scored row."""
@@ -80,7 +88,8 @@ class ChunkOutcome:
         self.reasons[(row.status, row.reason)] += 1
 
     def to_json(self) -> dict[str, Any]:
-        """Everything but ``results`` (anomaly maps stay in memory), for a chunk scored in steps."""
+        """Everything but ``results`` and ``thumbnails`` (kept in memory: a chunk finished in steps
+        has the thumbnails of its last step only), for a chunk scored in steps."""
         return {
             "rows": [row.to_json() for row in self.rows],
             "counts": dict(self.counts),
@@ -104,6 +113,16 @@ class _Pending:
     entry: FileEntry
     digest: str
     item: Prepared
+    study: tuple[str, str]  # accession number, study date
+
+
+@dataclass
+class _Read:
+    """A file read and not in the resume cache: its bytes go to a decode thread."""
+
+    entry: FileEntry
+    digest: str
+    data: bytes
 
 
 def score_entries(
@@ -114,28 +133,47 @@ def score_entries(
     cache: ScoreCache,
     max_pixels: int,
     with_map: bool = False,
+    threads: int = 0,
+    full_resolution: bool = False,
 ) -> ChunkOutcome:
     """Rows for ``entries`` (paths relative to ``root``), scoring what the cache does not know;
-    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it)."""
+    ``with_map`` keeps each fresh result's anomaly map (DICOM outputs draw it).
+
+    Files are read and looked up in the cache here, in order, and decoded on ``threads`` threads
+    (0: :func:`model.steps.decode_threads`), a few files ahead of the one being collected, at the
+    model's resolution unless ``full_resolution``.
+    """
     version = runtime.metadata.model_version
     rows: list[Row | None] = [None] * len(entries)
     outcome = ChunkOutcome(rows=[])
     pending: list[_Pending] = []
-    for index, entry in enumerate(entries):
-        result = _prepare_one(runtime, root, entry, cache, max_pixels, outcome)
+    reads: Iterator[Row | _Read] = (
+        _read_one(runtime, root, entry, cache, max_pixels, outcome) for entry in entries
+    )
+    decode = functools.partial(
+        _decode_one, runtime.preprocessing, runtime.gate, max_pixels, version, full_resolution
+    )
+    for index, result in enumerate(in_threads(decode, reads, decode_threads(threads))):
         if isinstance(result, Row):
             rows[index] = result
         else:
-            digest, item = result
-            pending.append(_Pending(index, entry, digest, item))
+            digest, item, study, thumbnail = result
+            outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
+            outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
+            outcome.thumbnails[entries[index].path] = thumbnail
+            pending.append(_Pending(index, entries[index], digest, item, study))
     if pending:
         try:
             results, inference_ms = infer(runtime, [p.item for p in pending], with_map)
         except Exception as exc:  # the model failing on a batch fails its files, not the job
             log.exception("inference failed for a batch of %d files", len(pending))
             for p in pending:
-                rows[p.index] = Row.rejected(
-                    p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                rows[p.index] = replace(
+                    Row.rejected(
+                        p.entry.path, Reason.INFERENCE_ERROR, type(exc).__name__, version, **_uids(p.item)
+                    ),
+                    accession_number=p.study[0],
+                    study_date=p.study[1],
                 )
         else:
             outcome.timing_ms["inference"] += inference_ms
@@ -145,12 +183,14 @@ def score_entries(
                 uids = _uids(p.item)
                 try:
                     verdict(runtime.gate, p.item, res)
-                except OutOfDomain as exc:
-                    rows[p.index] = _out_of_domain_row(p.entry.path, exc, version, uids)
+                except OutOfDomain as exc:  # the image check: no score, no label, and no SR/SC
+                    row = _out_of_domain_row(p.entry.path, exc, version, uids)
+                    rows[p.index] = replace(row, accession_number=p.study[0], study_date=p.study[1])
                     continue
-                warnings = list(p.item.decoded.warnings)
-                rows[p.index] = _scored_row(
-                    p.entry.path, version, runtime.threshold, res.score, uids, warnings
+                warnings = tuple(p.item.decoded.warnings)
+                row = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
+                rows[p.index] = replace(
+                    row, accession_number=p.study[0], study_date=p.study[1], warnings=warnings
                 )
                 outcome.counts["scored"] += 1
                 outcome.results[p.entry.path] = res
@@ -168,19 +208,20 @@ def score_entries(
     for row in outcome.rows:
         if row.status != Status.SCORED:  # scored rows were counted as fresh or resumed where made
             outcome.counts[row.status] += 1
-            for reason in row.domain_reasons or [row.reason]:
+            for reason in row.domain_reasons or (row.reason,):
                 outcome.reasons[(row.status, reason)] += 1
     return outcome
 
 
-def _prepare_one(
+def _read_one(
     runtime: SquidRuntime,
     root: Path,
     entry: FileEntry,
     cache: ScoreCache,
     max_pixels: int,
     outcome: ChunkOutcome,
-) -> Row | tuple[str, Prepared]:
+) -> Row | _Read:
+    """Read, hash and look up one file (in the caller's thread: the caches are not thread-safe)."""
     version = runtime.metadata.model_version
     if entry.preset:
         return Row.rejected(entry.path, entry.preset, entry.detail, version)
@@ -211,39 +252,63 @@ def _prepare_one(
             key: str(cached.get(key, ""))
             for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid")
         }
-        warnings = [str(code) for code in cached.get("warnings", [])]
-        return _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids, warnings)
+        row = _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
+        accession, date = peek_study(data)
+        warnings = tuple(str(code) for code in cached.get("warnings") or ())
+        return replace(row, accession_number=accession, study_date=date, warnings=warnings)
+    return _Read(entry, digest, data)
+
+
+def _decode_one(
+    preprocessing: Preprocessing,
+    gate: DomainGate,
+    max_pixels: int,
+    version: str,
+    full_resolution: bool,
+    read: Row | _Read,
+) -> Row | tuple[str, Prepared, tuple[str, str], bytes]:
+    """Decode and preprocess one read file (in a decode thread), past the domain gate's header and
+    image rules; a rejection becomes its row. With the decoded pixels still in memory, the
+    worklist's thumbnail and the study's identifiers."""
+    if isinstance(read, Row):
+        return read
     try:
-        item = prepare(data, runtime.preprocessing, max_pixels, runtime.gate)
-    except OutOfDomain as exc:
-        return _out_of_domain_row(entry.path, exc, version, _peek_uids(data, exc.reason))
+        item = prepare(read.data, preprocessing, max_pixels, gate, full_resolution=full_resolution)
     except ImageRejected as exc:
-        return Row.rejected(entry.path, exc.reason, exc.detail, version, **_peek_uids(data, exc.reason))
-    outcome.timing_ms["decode"] += item.timing_ms.get("decode", 0.0)
-    outcome.timing_ms["preprocess"] += item.timing_ms.get("preprocess", 0.0)
-    # Keep the model input and the metadata only: a chunk of full-size radiographs would not fit.
+        uids = _peek_uids(read.data, exc.reason)
+        if isinstance(exc, OutOfDomain):
+            row = _out_of_domain_row(read.entry.path, exc, version, uids)
+        else:
+            row = Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
+        if row.study_instance_uid:
+            accession, date = peek_study(read.data)
+            row = replace(row, accession_number=accession, study_date=date)
+        return row
+    thumbnail = thumbnail_png(item.decoded.pixels, THUMBNAIL_SIDE)
+    study = peek_study(read.data) if item.decoded.info.format == "dicom" else ("", "")
+    # Keep the model input and the metadata only: a chunk of decoded images need not stay in memory.
     item.decoded = replace(item.decoded, pixels=np.zeros((0, 0), np.float32))
-    return digest, item
+    return read.digest, item, study, thumbnail
 
 
-def _scored_row(
-    path: str, version: str, threshold: float, score: float, uids: dict[str, str], warnings: list[str]
-) -> Row:
-    row = Row.rejected(path, "", "", version, **uids)  # the UIDs, then what a scored row has
-    return replace(
-        row,
-        status=Status.SCORED.value,
+def _scored_row(path: str, version: str, threshold: float, score: float, uids: dict[str, str]) -> Row:
+    return Row(
+        path,
+        Status.SCORED.value,
+        version,
         score=score,
         is_anomalous=bool(score >= threshold),
         threshold=threshold,
-        warnings=warnings,
+        study_instance_uid=uids.get("study_instance_uid", ""),
+        series_instance_uid=uids.get("series_instance_uid", ""),
+        sop_instance_uid=uids.get("sop_instance_uid", ""),
     )
 
 
 def _out_of_domain_row(path: str, exc: OutOfDomain, version: str, uids: dict[str, str]) -> Row:
     """No score, no label: the gate's reasons (and the warnings gathered until then)."""
     row = Row.rejected(path, exc.reason, exc.detail, version, **uids)
-    return replace(row, domain_reasons=exc.reasons, warnings=exc.warnings)
+    return replace(row, domain_reasons=tuple(exc.reasons), warnings=tuple(exc.warnings))
 
 
 def _uids(item: Prepared) -> dict[str, str]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from model.runtime import SquidRuntime
 from service.node.guard import GuardedServer
+from service.node.health import INTERVAL_S as HEALTH_INTERVAL_S
+from service.node.health import snapshot, write_health
 from service.node.kept import KeptResults
 from service.node.metrics import NodeMetrics
 from service.node.scp import start_scp
@@ -75,6 +77,7 @@ class Node:
         self.threads = [
             threading.Thread(target=self._study_loop, args=(scorer,), name="studies", daemon=True),
             threading.Thread(target=self._send_loop, name="send", daemon=True),
+            threading.Thread(target=self._health_loop, name="health", daemon=True),
         ]
         for thread in self.threads:
             thread.start()
@@ -104,6 +107,16 @@ class Node:
             except Exception as exc:  # a full disk or a vanished folder: log, keep the loop alive
                 log.error("send round failed: %s", type(exc).__name__)
             self.stopping.wait(TICK_S)
+
+    def _health_loop(self) -> None:
+        """What the web page shows of the node (:mod:`service.node.health`), every few seconds."""
+        while not self.stopping.is_set():
+            try:
+                health = snapshot(self.metrics.registry, self.spool.root, self.ae_title, self.port)
+                write_health(self.settings.node_state, health)
+            except Exception as exc:  # the page goes stale; scoring and sending go on
+                log.error("health snapshot failed: %s", type(exc).__name__)
+            self.stopping.wait(HEALTH_INTERVAL_S)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -17,6 +17,7 @@ unexpected into 0xC211. Who may associate at all is :class:`Admission`'s decisio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import tempfile
@@ -138,7 +139,8 @@ class StoreHandler:
         self.received.pop(id(assoc), None)
         unfinished = getattr(getattr(assoc.dimse, "message", None), "_data_set_file", None)
         if unfinished is not None:
-            unfinished.close()
+            with contextlib.suppress(OSError):  # closing flushes its last bytes: on a full disk it fails
+                unfinished.close()
             Path(unfinished.name).unlink(missing_ok=True)
 
     @staticmethod

@@ -20,6 +20,7 @@ from model.runtime import SquidRuntime
 from service.jobs import dicom_outputs
 from service.node.kept import KeptResults
 from service.node.metrics import NodeMetrics
+from service.node.records import record_batch
 from service.node.spool import Spool
 from service.settings import Settings
 
@@ -48,7 +49,9 @@ class StudyScorer:
         from service.jobs.inprocess import run_inprocess
 
         out = self.results_dir(batch)
-        summary = run_inprocess(batch, out, self.settings, runtime=self.runtime, resume=False, dicom_out=True)
+        summary = run_inprocess(
+            batch, out, self.settings, runtime=self.runtime, resume=False, dicom_out=True, views=True
+        )
         if summary.published.missing:
             raise ScoringError("some files have no result row")
         return out
@@ -58,7 +61,9 @@ class StudyScorer:
 
         try:
             manager = JobManager(self.settings)
-            view = manager.submit_folder(batch, "dicom node", check_import_root=False, dicom_out=True)
+            view = manager.submit_folder(
+                batch, "dicom node", check_import_root=False, dicom_out=True, views=True
+            )
             while not view.finished:
                 time.sleep(POLL_S)
                 view = manager.get(view.id)
@@ -99,8 +104,14 @@ def process_batch(
     metrics: NodeMetrics,
     kept: KeptResults,
 ) -> int:
-    """Score one batch and queue its results for every destination; returns the objects queued."""
+    """Score one batch, record it for the worklist and queue its results for every destination;
+    returns the objects queued."""
     results = scorer.score(batch)
+    settings = scorer.settings
+    try:
+        record_batch(settings.node_state, batch, results, settings.worklist_patient_identifiers)
+    except Exception as exc:  # the worklist misses the study; the PACS still gets its results
+        log.error("recording a study for the worklist failed: %s", type(exc).__name__)
     records = output_records(results)
     files = [results / record["file"] for record in records if record.get("kind")]
     for destination in destinations:

@@ -41,6 +41,8 @@ def test_processes_get_the_compose_commands_and_settings(live_stack: Any) -> Non
     assert listener.env["SQUID_BROKER_URL"] == api_env["SQUID_BROKER_URL"], "scores on the same workers"
     assert listener.env["SQUID_DICOM_PORT"] == str(live_stack.stack.dicom_port)
     assert listener.env["SQUID_DICOM_SPOOL_DIR"] == str(live_stack.workdir / "volumes" / "spool")
+    # The page reads the node's health, worklist records and dead letters from the same spool.
+    assert api_env["SQUID_DICOM_SPOOL_DIR"] == listener.env["SQUID_DICOM_SPOOL_DIR"]
 
 
 def test_score_and_job_went_through(live_stack: Any) -> None:

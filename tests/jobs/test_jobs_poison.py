@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow  # its own redis-server and a worker whose pool pr
 MiB = 1 << 20
 HEALTHY = 10
 POISON = "P000/S0001/bomb.dcm"  # sorts into the middle of the chunk
-POISON_SIDE = 9800  # 96 M pixels: under the default max_pixels (100 M), ~1.2 GB at decode peak
+POISON_SIDE = 9800  # 96 M pixels: under the default max_pixels (100 M), ~1.2 GB at a full decode's peak
 HEADROOM_MB = 400  # a third of what decoding the poison takes; a 224 px file needs a few MB
 
 
@@ -47,7 +47,10 @@ def rows_of(manager: JobManager, job_id: str) -> dict[str, dict[str, str]]:
 
 def test_a_file_that_kills_its_worker_fails_alone(shared_data: Path, tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis", persistent=False).start()
-    env = job_env(tmp_path, server.url, SQUID_CHUNK_SIZE=str(HEALTHY + 1))
+    # Decoded at the model's resolution the poison needs ~0.4 GB; in full, three times the headroom.
+    env = job_env(
+        tmp_path, server.url, SQUID_CHUNK_SIZE=str(HEALTHY + 1), SQUID_DECODE_FULL_RESOLUTION="true"
+    )
     import_root = Path(env["SQUID_IMPORT_ROOT"])
     healthy = build_bulk_tree(import_root / "mixed", shared_data, HEALTHY)
     shutil.copytree(import_root / "mixed", import_root / "warm-up")

@@ -244,3 +244,23 @@ def test_zhanglab_jpeg_reads_as_gray(shared_data: Path) -> None:
         assert image.info.format == "jpeg"
         assert "color_converted_to_gray" not in image.warnings
         assert image.pixels.max() > image.pixels.min()
+
+
+# --- animated PNG (issue 25, defect 12) ---------------------------------------------------------
+
+
+def test_animated_png_is_read_at_its_first_frame_with_the_multi_frame_finding() -> None:
+    first = gradient().astype(np.uint8)
+    frames = [Image.fromarray(first), Image.fromarray(255 - first), Image.fromarray(first // 2)]
+    data = encode(frames[0], save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames == 3  # a real APNG (acTL/fcTL/fdAT chunks)
+    image = read_image(data)
+    np.testing.assert_array_equal(image.pixels, first.astype(np.float32))
+    assert "multi_frame_first_used" in image.warnings
+
+
+def test_a_still_png_has_no_multi_frame_finding() -> None:
+    assert (
+        "multi_frame_first_used"
+        not in read_image(encode(Image.fromarray(gradient().astype(np.uint8)))).warnings
+    )

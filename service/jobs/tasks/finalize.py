@@ -16,6 +16,7 @@ from service.jobs.task_wrapper import run_tracked
 from service.jobs.tasks.common import end_job, fail_job, guard_storage
 from service.jobs.worker_redis import job_state
 from service.settings import get_settings
+from service.worklist.ingest import sync_job_index
 
 log = logging.getLogger("service.jobs.tasks")
 
@@ -41,6 +42,10 @@ def _finalize(job_id: str) -> str:
         return "failed"
     if job.get("dicom_out") == "1":
         dicom_outputs.publish(store.job_dir)
+    try:
+        sync_job_index(store.job_dir, finished=True)  # the worklist's first view of it is instant
+    except Exception as exc:  # the API builds it on the first view instead
+        log.warning("job %s: worklist index not built (%s)", job_id, type(exc).__name__)
     if end_job(job_id, job, SUCCEEDED):
         log.info("job %s succeeded: %d rows, %d studies", job_id, published.rows, published.studies)
     return "succeeded"

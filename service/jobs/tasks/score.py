@@ -36,6 +36,7 @@ from service.jobs.walker import FileEntry
 from service.jobs.worker_model import runtime
 from service.jobs.worker_redis import job_state
 from service.settings import Settings, get_settings
+from service.worklist.views import write_views
 
 log = logging.getLogger("service.jobs.tasks")
 
@@ -109,6 +110,9 @@ def _score_and_write(
         with _timed(outcome, "write"):
             if records is not None:
                 dicom_outputs.write_chunk(store.job_dir, index, records)
+            if job.get("views") == "1":  # the node's jobs: its sources go once scored
+                write_views(rt, root, outcome.rows, store.job_dir, cfg.max_pixels)
+            store.write_thumbnails(index, outcome.thumbnails)
             store.write_chunk(index, outcome.rows)
 
     how = ChunkScoring(
@@ -119,6 +123,8 @@ def _score_and_write(
         cfg.max_deliveries,
         cfg.task_time_limit_s,
         make_records if dicom else None,
+        decode_threads=cfg.decode_threads,
+        full_resolution=cfg.decode_full_resolution,
     )
     outcome = score_chunk_files(runs, index, entries, how, write)
     _observe(outcome)
