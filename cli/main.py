@@ -146,6 +146,13 @@ def evaluate(
     autoencoder: Annotated[
         Path | None, typer.Option(help="An auto-encoder from `squid baseline`, to compare with.")
     ] = None,
+    anomalies: Annotated[
+        bool,
+        typer.Option(
+            help="Also alter each split's normal films (mirrored, foreign body, lucent, opaque, ...) and "
+            "report per-kind AUC: the structural-anomaly benchmark."
+        ),
+    ] = True,
 ) -> None:
     """SQUID next to the baselines on each split (AUC with 95% bootstrap intervals), plus per-split
     metrics, ROC/PR curves, score histograms, reconstructions and the training curves."""
@@ -153,13 +160,17 @@ def evaluate(
     from training.pipeline import evaluate as run_evaluation
 
     try:
-        report = run_evaluation(checkpoint, out, data or [], validation, autoencoder)
+        report = run_evaluation(checkpoint, out, data or [], validation, autoencoder, anomalies=anomalies)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     keys = ("auc", "accuracy", "f1", "sensitivity", "specificity", "threshold")
     for name, metrics in report["splits"].items():
         typer.echo(f"{name}: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in keys))
-    typer.echo((out / "comparison.md").read_text() + f"report in {out}")
+    typer.echo((out / "comparison.md").read_text())
+    if "structural" in report:
+        typer.echo("structural anomalies (AUC of altered copies against the same films):")
+        typer.echo((out / "structural.md").read_text())
+    typer.echo(f"report in {out}")
 
 
 @app.command("export")

@@ -19,8 +19,16 @@ from training import digit_anatomy
 from training.baseline import load_autoencoder, reconstruction_errors
 from training.baselines import fit_baselines
 from training.comparison import Scored, write_comparison, write_training_curves
+from training.films import Films, load_films
 from training.report import write_report
 from training.scoring import score_images
+from training.structural_benchmark import (
+    MIN_NORMALS,
+    score_set,
+    structural_aucs,
+    structural_set,
+    write_structural,
+)
 from training.trainer import LabelledSet, TrainData, Trainer, TrainOptions, last_path
 
 DIGIT_TRAIN_IMAGES = 1600
@@ -123,11 +131,11 @@ def train(
     return trainer.fit()
 
 
-def evaluation_set(
+def evaluation_films(
     checkpoint: ckpt.Checkpoint, root: Path, split: str, progress: bool = True
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """The images to evaluate: a whole labelled folder, or the checkpoint's own validation split."""
-    prep = preprocessing_of(checkpoint.squid_config())
+) -> tuple[Films, NDArray[np.int64]]:
+    """The films to evaluate, display-ready: a whole labelled folder, or the checkpoint's own
+    validation split."""
     root = Path(root).resolve()
     saved = checkpoint.data.get("split", {})
     spec = SplitSpec(**saved) if saved else SplitSpec()
@@ -136,18 +144,44 @@ def evaluation_set(
         _, eval_pool = digit_anatomy.split_pools(digits, 0.8)
         seed = spec.seed + 1 if split == "validation" else spec.seed + 1000
         images, labels = digit_anatomy.make_set(eval_pool, spec.val_normal, spec.val_anomalous, seed)
-        return _resize(images, prep), labels
+        return Films(list(images)), labels
     records = folders.scan_dataset(root)
     if split == "validation":
         records = folders.split_records(records, spec.val_normal, spec.val_anomalous, spec.seed).validation
     elif split != "all":
         raise ValueError("split must be 'all' or 'validation'")
-    return folders.load_images(records, prep, progress, "loading"), folders.labels_of(records)
+    return load_films([r.path for r in records], progress), folders.labels_of(records)
+
+
+def evaluation_set(
+    checkpoint: ckpt.Checkpoint, root: Path, split: str, progress: bool = True
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The images to evaluate, preprocessed as the checkpoint's model reads them."""
+    films, labels = evaluation_films(checkpoint, root, split, progress)
+    prep = preprocessing_of(checkpoint.squid_config())
+    return films.at(prep.size, prep.intensity), labels
+
+
+def training_films(checkpoint: ckpt.Checkpoint, progress: bool = True) -> Films:
+    """The normal films the checkpoint was trained on (its recorded root and split), display-ready."""
+    root = Path(checkpoint.data.get("root", ""))
+    if not root.exists():
+        raise FileNotFoundError(
+            f"the training data {root} is gone: the baselines and the anomaly map's reference need it"
+        )
+    spec = SplitSpec(**checkpoint.data.get("split", {}))
+    if is_digit_folder(root):
+        digits = digit_anatomy.load_mnist(root)
+        train_pool, _ = digit_anatomy.split_pools(digits, 0.8)
+        images, _ = digit_anatomy.make_set(train_pool, DIGIT_TRAIN_IMAGES, 0, spec.seed)
+        return Films(list(images))
+    parts = folders.split_records(folders.scan_dataset(root), spec.val_normal, spec.val_anomalous, spec.seed)
+    return load_films([r.path for r in parts.train], progress, "loading train")
 
 
 def training_normals(checkpoint: ckpt.Checkpoint, progress: bool = True) -> NDArray[np.float32]:
-    """The normals the checkpoint was trained on (its recorded root and split), for the baselines
-    and for the export's anomaly-map reference."""
+    """The normals the checkpoint was trained on, preprocessed exactly as serving does (for the
+    export's anomaly-map reference)."""
     root = Path(checkpoint.data.get("root", ""))
     if not root.exists():
         raise FileNotFoundError(
@@ -164,9 +198,15 @@ def evaluate(
     validation: bool = True,
     autoencoder: Path | None = None,
     progress: bool = True,
+    anomalies: bool = True,
 ) -> dict[str, Any]:
     """SQUID's report on each split (the checkpoint's own validation split, then every folder in
-    ``data_roots`` whole), and SQUID next to the baselines on all of them with AUC intervals."""
+    ``data_roots`` whole), and SQUID next to the baselines on all of them with AUC intervals.
+
+    With ``anomalies``, every chest-film split with enough normals is also the source of the
+    structural-anomaly benchmark (:mod:`training.structural_benchmark`): its normals altered kind by
+    kind, scored by SQUID and the baselines, in structural.json / structural.md.
+    """
     checkpoint = ckpt.load(checkpoint_path)
     if checkpoint.threshold is None:
         raise ValueError(f"{checkpoint_path} has no threshold: evaluate the best checkpoint, not .last")
@@ -178,16 +218,25 @@ def evaluate(
         raise ValueError("nothing to evaluate: give --data or keep the validation split")
     generator, discriminator = checkpoint.build()
     calibration = checkpoint.get_calibration()
-    normals = training_normals(checkpoint, progress)
-    baselines = fit_baselines(normals)
+    prep = preprocessing_of(checkpoint.squid_config())
+    baselines = fit_baselines(training_films(checkpoint, progress))
     ae = load_autoencoder(autoencoder) if autoencoder else None
     runs = f"ensemble of {len(checkpoint.members) + 1}" if checkpoint.members else f"epoch {checkpoint.epoch}"
     squid_name = f"SQUID {checkpoint.config['name']} ({runs})"
+
+    def squid(films: Films) -> NDArray[np.float64]:
+        with torch.inference_mode():
+            raw, _ = score_images(generator, discriminator, films.at(prep.size, prep.intensity))
+        return calibration.apply(raw)
+
+    scorers = {squid_name: squid, **baselines}
     out_dir = Path(out_dir)
     reports: dict[str, Any] = {}
     scored: list[Scored] = []
+    structural: dict[str, dict[str, dict[str, Any]]] = {}
     for name, root, part in splits:
-        images, labels = evaluation_set(checkpoint, root, part, progress)
+        films, labels = evaluation_films(checkpoint, root, part, progress)
+        images = films.at(prep.size, prep.intensity)
         with torch.inference_mode():
             raw, recon = score_images(generator, discriminator, images)
         scores = calibration.apply(raw)
@@ -203,13 +252,21 @@ def evaluate(
         threshold = float(checkpoint.threshold["value"])
         reports[name] = write_report(out_dir / name, labels, scores, threshold, images, recon, context)
         scored.append(Scored(squid_name, name, labels, scores))
-        scored += [Scored(method, name, labels, score(images)) for method, score in baselines.items()]
+        scored += [Scored(method, name, labels, score(films)) for method, score in baselines.items()]
         if ae is not None:
             errors = reconstruction_errors(ae, images)
             scored.append(Scored("auto-encoder (recon. error)", name, labels, errors))
+        normals = [film for film, label in zip(films.films, labels, strict=True) if label == 0]
+        if anomalies and len(normals) >= MIN_NORMALS and not is_digit_folder(root):
+            altered = structural_set(name, Films(normals))
+            for method, score in scorers.items():
+                structural.setdefault(method, {})[name] = structural_aucs(score_set(score, altered))
     comparison = write_comparison(out_dir, scored)
     write_training_curves(out_dir / "training_curves.png", checkpoint.history, checkpoint.epoch)
-    return {"splits": reports, "comparison": comparison}
+    report: dict[str, Any] = {"splits": reports, "comparison": comparison}
+    if structural:
+        report["structural"] = write_structural(out_dir, structural, comparison["auc"])
+    return report
 
 
 def _split_name(root: Path, taken: list[str]) -> str:

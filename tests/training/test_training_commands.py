@@ -61,7 +61,7 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     paths = {
         "train_csv": write_csv(root / "train.csv", normals + pneumonia),
         "select_csv": write_csv(
-            root / "select.csv", [r for r in dev if r.label == 0][:6] + [r for r in dev if r.label == 1][:6]
+            root / "select.csv", [r for r in dev if r.label == 0][:20] + [r for r in dev if r.label == 1][:6]
         ),
         "ckpt": root / "tiny.ckpt",
         "report": root / "report",
@@ -81,7 +81,7 @@ def test_train_writes_a_checkpoint_selected_on_the_selection_set(trained):
     from training import checkpoint as ckpt
 
     best = ckpt.load(trained["ckpt"])
-    assert best.data["selection"]["n"] == 12 and best.data["n_validation"] >= 8
+    assert best.data["selection"]["n"] == 26 and best.data["n_validation"] >= 8
     assert best.epoch == 2 and len(best.history) == 2
     assert best.validation["selection"]["auc"] == pytest.approx(best.history[1][f"sel_auc_{best.score_norm}"])
     assert set(best.threshold["operating_points"]) == {"default", "spec90"}
@@ -102,19 +102,38 @@ def test_baseline_then_evaluate_compares_every_method_on_every_split(trained):
     )  # fmt: skip
     comparison = json.loads((trained["report"] / "comparison.json").read_text())
     methods = comparison["auc"]
-    assert len(methods) == 4 and any(m.startswith("SQUID lite") for m in methods)
-    assert {"central-crop intensity", "auto-encoder (recon. error)"} <= set(methods)
+    assert len(methods) == 6 and any(m.startswith("SQUID lite") for m in methods)
+    assert {
+        "central-crop intensity (min-max)",
+        "central-crop intensity (equalised)",
+        "per-pixel atlas (64 px equalised)",
+        "auto-encoder (recon. error)",
+    } <= set(methods)
     for row in methods.values():
         assert set(row) == {"validation", "select"}
         for cell in row.values():
             assert 0.0 <= cell["low"] <= cell["auc"] <= cell["high"] <= 1.0
-    assert comparison["sizes"]["select"] == "6 N / 6 A"
+    assert comparison["sizes"]["select"] == "20 N / 6 A"
     squid_auc = next(v for k, v in methods.items() if k.startswith("SQUID"))["select"]["auc"]
     metrics = json.loads((trained["report"] / "select" / "metrics.json").read_text())
     assert metrics["auc"] == pytest.approx(squid_auc)
     for picture in ("roc_comparison.png", "training_curves.png", "select/roc.png", "validation/roc.png"):
         assert (trained["report"] / picture).stat().st_size > 1000, picture
-    assert "| central-crop intensity |" in report.stdout
+    assert "| central-crop intensity (min-max) |" in report.stdout
+
+    # The structural benchmark: the 20 selection normals altered in every kind; the validation split
+    # has too few normals for it.
+    structural = json.loads((trained["report"] / "structural.json").read_text())
+    assert set(structural) == set(methods) - {"auto-encoder (recon. error)"}
+    for rows in structural.values():
+        assert set(rows) == {"select"}
+        row = rows["select"]
+        expected = {"labelled anomalous", "misplaced", "foreign_body", "lucent", "opaque", "mirror", "coin"}
+        assert expected <= set(row)
+        assert 0.0 <= row["coin"]["low"] <= row["coin"]["auc"] <= row["coin"]["high"] <= 1.0
+    crop = structural["central-crop intensity (min-max)"]["select"]
+    assert crop["mirror"]["auc"] == pytest.approx(0.5, abs=0.05), "a centred crop cannot see a mirrored film"
+    assert "structural anomalies" in report.stdout
 
 
 def test_export_then_score_agrees_with_the_checkpoint(trained, shared_data):
