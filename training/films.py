@@ -52,7 +52,9 @@ class Films:
         return self._cache[key]
 
 
-def load_films(paths: Sequence[str | os.PathLike[str]], progress: bool = True, desc: str = "loading") -> Films:
+def load_films(
+    paths: Sequence[str | os.PathLike[str]], progress: bool = True, desc: str = "loading"
+) -> Films:
     """Decode files through the serving reader into display-ready films."""
     from model.imaging import read_path
 
