@@ -177,8 +177,8 @@ def _batch_in_process(
     typer.echo(
         f"{summary.total} files in {summary.seconds:.1f} s ({summary.files_per_s:.1f} files/s): "
         f"scored {counts['scored']} ({counts['resumed']} resumed), skipped {counts['skipped']}, "
-        f"{_failed(counts['failed'], summary.failures)}; {summary.published.studies} studies; "
-        f"results in {out}"
+        f"out of domain {counts['out_of_domain']}, {_failed(counts['failed'], summary.failures)}; "
+        f"{summary.published.studies} studies; results in {out}"
         + (f"; {summary.dicom_objects} DICOM objects" if summary.dicom_objects is not None else "")
     )
 
@@ -232,7 +232,7 @@ def _batch_on_workers(folder: Path, out: Path, settings: Settings, progress: boo
     typer.echo(
         f"{view.total} files in {view.elapsed_s or 0:.1f} s ({view.files_per_s or 0:.1f} files/s): "
         f"scored {view.scored} ({view.resumed} resumed), skipped {view.skipped}, "
-        f"{_failed(view.failed, view.failures)}; "
+        f"out of domain {view.out_of_domain}, {_failed(view.failed, view.failures)}; "
         f"job {view.id}; results in {out}"
         + (f"; {view.chunks_redelivered} chunks sent again (worker lost)" if view.chunks_redelivered else "")
     )

@@ -21,6 +21,13 @@ app = typer.Typer(
 )
 
 
+# The ages of the training patients, recorded in the artifact for the domain gate's age rule.
+PopulationAge = Annotated[
+    str | None,
+    typer.Option(help="Ages of the training patients in years, e.g. 1-5 (default: known for the data)."),
+]
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -177,24 +184,52 @@ def export_command(
         int, typer.Option(min=2, help="How many real images the parity check uses.")
     ] = 16,
     version: Annotated[str | None, typer.Option(help="Model version to record (default: derived).")] = None,
+    population_age: PopulationAge = None,
 ) -> None:
     """Export E -> in-painting -> Gs -> D with queue and calibration inside one ONNX file.
 
-    The anomaly map's reference (the training normals' mean image and mean raw score) is computed
-    here, so the checkpoint's training data must still be where it was trained."""
+    The anomaly map's reference (the training normals' mean image and mean raw score) and the
+    domain gate (fitted on the training folder, calibrated on it and the selection set) are
+    computed here, so the checkpoint's data must still be where it was trained."""
     _require_training()
     from training import checkpoint as ckpt
     from training.export import ExportError, describe, export
     from training.pipeline import parity_images, training_normals
+    from training.populations import parse_age_range
 
     try:
+        population = parse_age_range(population_age) if population_age else None
         state = ckpt.load(checkpoint)
         images = parity_images(state, data, check_images)
         normals = training_normals(state, progress=False)
-        report = export(state, out, images, normals, version)
+        report = export(state, out, images, normals, version, population=population)
     except (FileNotFoundError, ValueError, ExportError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(json.dumps(describe(report), indent=2))
+
+
+@app.command("add-domain-gate")
+def add_domain_gate(
+    artifact: Annotated[Path, typer.Argument(help="An exported artifact (its checkpoint is not needed).")],
+    data: Annotated[Path, typer.Option(help="The training folder the model was trained on (every class).")],
+    select_data: Annotated[
+        Path | None, typer.Option(help="The labelled selection set, calibrated on too (e.g. test-dev).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write (default: replace ARTIFACT).")] = None,
+    population_age: PopulationAge = None,
+) -> None:
+    """Add (or refit) the domain gate's image check in an exported artifact; every score stays
+    bit-identical (checked on real films before anything is written)."""
+    _require_training()
+    from training.domain_export import DomainGateError, add_to_artifact
+    from training.populations import parse_age_range
+
+    try:
+        population = parse_age_range(population_age) if population_age else None
+        described = add_to_artifact(artifact, out or artifact, data, select_data, population)
+    except (FileNotFoundError, ValueError, DomainGateError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(described, indent=2))
 
 
 @app.command()

@@ -9,10 +9,11 @@ from typing import Any
 import typer
 
 from model.dicom_results import ModelInfo, NotBuilt, write_for_upload
+from model.domain import GATE_WARNINGS
 from model.heatmap import overlay_png
-from model.imaging import DecodedImage, ImageRejected
+from model.imaging import DecodedImage, ImageRejected, OutOfDomain
 from model.runtime import ScoreResult, open_runtime
-from model.steps import Prepared, infer, prepare
+from model.steps import Prepared, infer, prepare, verdict
 from service.settings import get_settings
 
 
@@ -36,7 +37,16 @@ def score_files(
         try:
             data = path.read_bytes()
             full = settings.decode_full_resolution
-            item: Prepared = prepare(data, runtime.preprocessing, settings.max_pixels, full_resolution=full)
+            item: Prepared = prepare(
+                data, runtime.preprocessing, settings.max_pixels, runtime.gate, full_resolution=full
+            )
+            result = verdict(
+                runtime.gate, item, infer(runtime, [item], with_map=bool(heatmap or dicom_out))[0][0]
+            )
+        except OutOfDomain as exc:
+            failures += 1
+            typer.echo(json.dumps(out_of_domain_row(path, exc)) if as_json else out_of_domain_line(path, exc))
+            continue
         except (ImageRejected, OSError) as exc:
             failures += 1
             reason = exc.reason if isinstance(exc, ImageRejected) else "unreadable"
@@ -44,7 +54,6 @@ def score_files(
             rejected = {"file": str(path), "status": "rejected", "reason": reason, "detail": detail}
             typer.echo(json.dumps(rejected) if as_json else f"{path}\trejected\t{reason}: {detail}")
             continue
-        result = infer(runtime, [item], with_map=bool(heatmap or dicom_out))[0][0]
         label = "anomalous" if result.is_anomalous else "normal"
         row: dict[str, Any] = {
             "file": str(path),
@@ -65,10 +74,27 @@ def score_files(
             typer.echo(json.dumps(row))
         else:
             line = f"{path}\tscore={result.score:.4f}\t{label}\tthreshold={result.threshold:.4f}"
+            # The text line shows the warnings that qualify the verdict (--json has them all).
+            line += "".join(f"\twarning={code}" for code in item.decoded.warnings if code in GATE_WARNINGS)
             typer.echo(line + "".join(f"\t{kind}={file}" for kind, file in row.get("dicom", {}).items()))
             if "dicom_skipped" in row:
                 typer.echo(f"{path}\tno DICOM results\t{row['dicom_skipped']['reason']}", err=True)
     return failures
+
+
+def out_of_domain_row(path: Path, exc: OutOfDomain) -> dict[str, Any]:
+    """``--json``: no score, no label, the gate's reasons."""
+    return {
+        "file": str(path),
+        "status": "out_of_domain",
+        "reasons": exc.reasons,
+        "detail": exc.detail,
+        "warnings": exc.warnings,
+    }
+
+
+def out_of_domain_line(path: Path, exc: OutOfDomain) -> str:
+    return f"{path}\tout_of_domain\t{','.join(exc.reasons)}: {exc.detail}"
 
 
 def dicom_fields(

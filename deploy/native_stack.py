@@ -433,18 +433,23 @@ def _http_ok(url: str) -> bool:
 # ---- traffic ----------------------------------------------------------------------------------------------
 
 
+SAMPLE_FILM = REPO / "samples" / "normal-IM-0372-0001.jpeg"
+
+
 def synthetic_chest(seed: int, rows: int = 320, columns: int = 288) -> bytes:
-    """A smooth 16-bit grey image with texture that passes the service's input checks (PNG bytes)."""
+    """The repository's sample chest film with a faint seeded texture, as 16-bit PNG bytes: a real
+    frontal chest film (so it passes the service's domain gate), a different image for each seed."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
+    film = Image.open(SAMPLE_FILM).convert("L").resize((columns, rows), Image.Resampling.BILINEAR)
     y, x = np.mgrid[0:rows, 0:columns]
     pattern = (
-        np.sin(x / (13.0 + seed % 7) + seed)
-        + 0.6 * np.cos(y / (9.0 + seed % 5))
-        + (x * y) / (rows * columns) * (1 + seed % 3)
-        + 0.25 * rng.random((rows, columns))
+        np.asarray(film, dtype=np.float64) / 255.0
+        + 0.04 * np.sin(x / (13.0 + seed % 7) + seed)
+        + 0.03 * (x * y) / (rows * columns) * (1 + seed % 3)
+        + 0.02 * rng.random((rows, columns))
     )
     pattern = (pattern - pattern.min()) / np.ptp(pattern)
     buffer = io.BytesIO()

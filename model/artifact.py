@@ -18,6 +18,9 @@ OUTPUT_NAMES = ("raw_score", "score", "reconstruction", "anomaly_map")
 # Outputs computed only when their scalar bool input is true (a batch of 0 otherwise): a plain score
 # skips the generator (when D judges the input) and the map. Artifacts without these inputs compute all.
 OPTIONAL_OUTPUTS = {"reconstruction": "with_reconstruction", "anomaly_map": "with_anomaly_map"}
+# The domain model's output (model.domain): how far an input lies from the training films, per image.
+# Artifacts exported before the domain gate lack it (and the ``domain`` metadata).
+DOMAIN_OUTPUT = "domain_distance"
 
 
 class ArtifactError(ValueError):
@@ -48,6 +51,12 @@ class ArtifactMetadata:
     # What the ``anomaly_map`` output is and its fixed colour scale (``display_max``); empty for
     # artifacts whose map is the older smoothed residual, which renderers then scale per image.
     anomaly_map: dict[str, Any] = field(default_factory=dict)
+    # The domain model in the graph (``DOMAIN_OUTPUT``): its method, features and the threshold
+    # calibrated at export (``threshold``), with the pass rates it was calibrated on. Empty: none.
+    domain: dict[str, Any] = field(default_factory=dict)
+    # Who the training films came from: ``{"age_years": {"min": 1, "max": 5}, "description": ...}``;
+    # the gate warns ``outside_training_population`` outside it. Empty: not known, no age rule.
+    population: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -13,6 +13,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from model.artifact import (
+    DOMAIN_OUTPUT,
     INPUT_NAME,
     METADATA_KEY,
     OPTIONAL_OUTPUTS,
@@ -22,6 +23,7 @@ from model.artifact import (
 )
 from model.artifact_source import resolve_artifact
 from model.calibration import Calibration
+from model.domain import DomainGate, GatePolicy
 from model.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class ScoreResult:
     anomaly_map: NDArray[np.float32] | None
     # The map value drawn in full colour, fixed per artifact (None: an old artifact, scale per image).
     map_scale: float | None = None
+    # The domain model's distance of this input (None: the artifact has no domain model).
+    domain_distance: float | None = None
 
     def map_or_raise(self) -> NDArray[np.float32]:
         """The anomaly map, for renderers that cannot do without one."""
@@ -72,6 +76,7 @@ class SquidRuntime:
         intra_op_threads: int | None = None,
         threshold: float | None = None,
         operating_point: str | None = None,
+        gate_policy: GatePolicy | None = None,
     ) -> None:
         self.path = resolve_artifact(path)
         if not self.path.is_file():
@@ -93,8 +98,12 @@ class SquidRuntime:
         self.metadata = ArtifactMetadata.from_json(props[METADATA_KEY])
         outputs = [o.name for o in self.session.get_outputs()]
         inputs = [i.name for i in self.session.get_inputs()]
-        if outputs != list(OUTPUT_NAMES) or inputs[0] != INPUT_NAME:
+        if outputs not in (list(OUTPUT_NAMES), [*OUTPUT_NAMES, DOMAIN_OUTPUT]) or inputs[0] != INPUT_NAME:
             raise ArtifactError(f"{self.path} has outputs {outputs}, expected {list(OUTPUT_NAMES)}")
+        self.output_names = outputs
+        self.has_domain_model = DOMAIN_OUTPUT in outputs
+        if self.has_domain_model != ("threshold" in self.metadata.domain):
+            raise ArtifactError(f"{self.path}: the domain model's output and its metadata do not match")
         unknown = set(inputs[1:]) - set(OPTIONAL_OUTPUTS.values())
         if unknown:
             raise ArtifactError(f"{self.path} has inputs {sorted(unknown)} this runtime does not know")
@@ -116,6 +125,8 @@ class SquidRuntime:
         except (TypeError, ValueError) as exc:
             raise ArtifactError(f"{self.path} has invalid calibration metadata: {exc}") from exc
         self.providers = self.session.get_providers()
+        # The domain gate of every input this runtime scores (model.domain), under the site's policy.
+        self.gate = DomainGate.for_artifact(self.metadata, gate_policy)
         log.info("loaded %s (%s) on %s", self.path.name, self.metadata.model_version, self.providers)
 
     @property
@@ -151,12 +162,14 @@ class SquidRuntime:
             # onnxruntime's CPU kernels round a one-image batch differently from larger ones (~1e-8 in
             # the raw logit); padding to two keeps a score independent of the batch it was computed in.
             batch = np.concatenate([batch, np.zeros_like(batch)])
-        wanted = {"raw_score", "score", *outputs}
+        wanted = {"raw_score", "score", DOMAIN_OUTPUT, *outputs}
         feeds: dict[str, NDArray[np.generic]] = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
         feeds |= {flag: np.array(name in wanted) for name, flag in self.switches.items()}
         values = self.session.run(None, feeds)
         return {
-            name: value[:count] for name, value in zip(OUTPUT_NAMES, values, strict=True) if name in wanted
+            name: value[:count]
+            for name, value in zip(self.output_names, values, strict=True)
+            if name in wanted
         }
 
     def score(self, batch: NDArray[np.float32], with_map: bool = True) -> list[ScoreResult]:
@@ -166,6 +179,7 @@ class SquidRuntime:
         out = self.run(batch, ["anomaly_map"] if with_map else [])
         # Calibrate in float64 from the metadata: the graph's float32 output can round mu visibly.
         scores = self.calibration.apply(out["raw_score"])
+        distances = out.get(DOMAIN_OUTPUT)
         return [
             ScoreResult(
                 score=float(scores[i]),
@@ -174,6 +188,7 @@ class SquidRuntime:
                 threshold=self.threshold,
                 anomaly_map=out["anomaly_map"][i, 0] if with_map else None,
                 map_scale=self.map_scale,
+                domain_distance=float(distances[i]) if distances is not None else None,
             )
             for i in range(len(batch))
         ]
@@ -211,6 +226,9 @@ class RuntimeOptions(Protocol):
     @property
     def operating_point(self) -> str | None: ...
 
+    @property
+    def gate_policy(self) -> GatePolicy: ...
+
 
 def open_runtime(
     options: RuntimeOptions,
@@ -221,9 +239,10 @@ def open_runtime(
 ) -> SquidRuntime:
     """The one way the API, the workers, in-process jobs and the CLI open the artifact.
 
-    Providers and thread settings come from ``options`` everywhere, so a CLI run behaves like the
-    service it stands in for; ``model``, ``threshold`` and ``operating_point`` are the CLI's per-run
-    overrides (an explicit threshold also sets aside the configured operating point).
+    Providers, thread settings and the domain gate's policy come from ``options`` everywhere, so a
+    CLI run behaves like the service it stands in for; ``model``, ``threshold`` and
+    ``operating_point`` are the CLI's per-run overrides (an explicit threshold also sets aside the
+    configured operating point).
     """
     explicit = threshold is not None or operating_point is not None
     return SquidRuntime(
@@ -232,4 +251,5 @@ def open_runtime(
         intra_op_threads=options.intra_op_threads,
         threshold=threshold if explicit else options.threshold,
         operating_point=operating_point if explicit else options.operating_point,
+        gate_policy=options.gate_policy,
     )

@@ -19,11 +19,13 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from model.domain import DomainGate, GatePolicy
 from model.imaging import DecodedImage, ImageRejected, Reason, read_image
 from model.imaging.reduce import min_side_for
 from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
 
+STRICT = DomainGate(GatePolicy())
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 # Decode threads when the caller does not say: the codecs release the GIL, more than a few
@@ -41,18 +43,32 @@ class Prepared:
 
 
 def prepare(
-    data: bytes, preprocessing: Preprocessing | int, max_pixels: int, *, full_resolution: bool = False
+    data: bytes,
+    preprocessing: Preprocessing | int,
+    max_pixels: int,
+    gate: DomainGate = STRICT,
+    *,
+    full_resolution: bool = False,
 ) -> Prepared:
-    """Decode and preprocess; raises :class:`model.imaging.ImageRejected` with a reason code.
+    """Decode, pass the domain gate's header and image rules, preprocess; raises
+    :class:`model.imaging.ImageRejected` with a reason code (:class:`~model.imaging.OutOfDomain`
+    with its reasons when the gate refuses).
 
-    ``preprocessing`` is the artifact's (``runtime.preprocessing``); a bare input size means the
-    default min-max intensity mode. The image is decoded at the resolution the model needs
+    ``preprocessing`` and ``gate`` are the artifact's (``runtime.preprocessing``, ``runtime.gate``);
+    a bare input size means the default min-max intensity mode. The gate's image check runs after
+    inference (:func:`verdict`). The image is decoded at the resolution the model needs
     (:func:`decode_side`), which scores within a few thousandths of a full-resolution decode
     (``full_resolution=True``: the reference the tests and benchmarks compare with).
     """
     prep = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing(preprocessing)
     start = time.perf_counter()
-    decoded = read_image(data, max_pixels=max_pixels, min_side=None if full_resolution else decode_side(prep))
+    decoded = read_image(
+        data,
+        max_pixels=max_pixels,
+        header_rules=gate.header_rules,
+        min_side=None if full_resolution else decode_side(prep),
+    )
+    gate.screen(decoded)
     decoded_at = time.perf_counter()
     try:
         array = prep(decoded.pixels)
@@ -107,3 +123,10 @@ def infer(
     start = time.perf_counter()
     results = runtime.score(np.stack([item.array for item in items]), with_map=with_map)
     return results, (time.perf_counter() - start) * 1e3
+
+
+def verdict(gate: DomainGate, item: Prepared, result: ScoreResult) -> ScoreResult:
+    """The result, once the gate's image check accepts what the model saw (raises
+    :class:`~model.imaging.OutOfDomain` otherwise, or adds its warning when advisory)."""
+    gate.judge(item.decoded, result.domain_distance)
+    return result

@@ -114,6 +114,7 @@ class AppState:
                 data,
                 runtime.preprocessing,
                 self.settings.max_pixels,
+                runtime.gate,
                 full_resolution=self.settings.decode_full_resolution,
             )
 

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.imaging import ImageRejected, Reason
+from model.imaging import ImageRejected, OutOfDomain, Reason
 
 log = logging.getLogger("squid.errors")
 
@@ -58,7 +58,21 @@ ERROR_SCHEMA: dict[str, Any] = {
     "properties": {
         "error": {
             "type": "object",
-            "properties": {"reason": {"type": "string"}, "detail": {"type": "string"}},
+            "properties": {
+                "reason": {"type": "string"},
+                "detail": {"type": "string"},
+                "reasons": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "out_of_domain only: the domain gate's reasons (modality, view, "
+                    "body_part, color_image, blank_image, image_too_small, not_a_chest_radiograph)",
+                },
+                "warnings": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "out_of_domain only",
+                },
+            },
             "required": ["reason", "detail"],
         }
     },
@@ -101,6 +115,11 @@ def error_response(
 
 
 def rejection_response(exc: ImageRejected) -> JSONResponse:
+    """The error body; an out-of-domain input adds the gate's ``reasons`` and the ``warnings``."""
+    if isinstance(exc, OutOfDomain):
+        body = error_body(exc.reason, exc.detail)
+        body["error"] |= {"reasons": exc.reasons, "warnings": exc.warnings}  # type: ignore[dict-item]
+        return JSONResponse(body, status_code=image_status(exc))
     return error_response(image_status(exc), exc.reason, exc.detail)
 
 

@@ -22,7 +22,8 @@ from prometheus_client import (
 )
 
 from model.artifact import ArtifactMetadata
-from model.imaging import Reason
+from model.domain import GATE_WARNINGS
+from model.imaging import DomainReason, Reason
 from service.errors import MALFORMED_REQUEST, MISSING_FILE, TOO_LARGE
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -88,6 +89,16 @@ REJECTIONS = Counter(
     "Uploads refused before scoring, by reason code (the error body's reason).",
     ["reason"],
 )
+OUT_OF_DOMAIN = Counter(
+    "squid_out_of_domain_total",
+    "Uploads the domain gate refused (no verdict), by domain reason (several per upload possible).",
+    ["reason"],
+)
+DOMAIN_WARNINGS = Counter(
+    "squid_domain_warnings_total",
+    "Scored uploads with a domain warning (outside_training_population, advisory image reasons, ...).",
+    ["warning"],
+)
 MODEL_INFO = Gauge(
     "squid_model_info",
     "The loaded artifact (value 1).",
@@ -110,6 +121,17 @@ MODEL_READY = Gauge(
 # Every known reason exists from the start (at 0), so rate() and increase() see the first rejection.
 for _reason in (*(r.value for r in Reason), TOO_LARGE, MISSING_FILE, MALFORMED_REQUEST):
     REJECTIONS.labels(_reason)
+for _reason in DomainReason:
+    OUT_OF_DOMAIN.labels(_reason.value)
+for _warning in GATE_WARNINGS:
+    DOMAIN_WARNINGS.labels(_warning)
+
+
+def observe_gate(warnings: list[str]) -> None:
+    """Count a scored upload's domain warnings (the gate's own codes only)."""
+    for code in warnings:
+        if code in GATE_WARNINGS:
+            DOMAIN_WARNINGS.labels(code).inc()
 
 
 def set_model(metadata: ArtifactMetadata, threshold: float) -> None:

@@ -8,6 +8,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.domain import GatePolicy, ImageCheck
+from model.imaging import DomainReason
+
 AE_TITLE = r"^[ -~]{1,16}$"  # PS3.5 AE VR: up to 16 printable ASCII characters
 
 
@@ -81,6 +84,24 @@ class Settings(BaseSettings):
     )
     decode_wait_s: float = Field(
         10.0, ge=0, description="Longest wait for a share of the decode budget; then 503 busy (0: no wait)."
+    )
+    # The domain gate (model.domain), on every channel; strict by default.
+    domain_modality_rule: bool = Field(
+        True, description="Refuse DICOM whose Modality / SOP class is not a radiograph."
+    )
+    domain_view_rule: bool = Field(
+        True, description="Refuse DICOM whose view tags (or descriptions) say lateral or oblique."
+    )
+    domain_body_part_rule: bool = Field(
+        True, description="Refuse DICOM whose BodyPartExamined is not the chest."
+    )
+    domain_age_rule: bool = Field(
+        True, description="Warn outside_training_population when the patient's age is outside the model's."
+    )
+    domain_image_check: ImageCheck = Field(
+        "strict",
+        description="The image check (colour, blank, tiny, not a chest radiograph): strict refuses, "
+        "advisory warns and scores, off skips it.",
     )
     # Batch jobs.
     broker_url: str | None = Field(None, description="Redis URL for Celery; unset = no broker.")
@@ -230,6 +251,20 @@ class Settings(BaseSettings):
         if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
             raise ValueError("dicom_tls_cert and dicom_tls_key must be set together")
         return self
+
+    @property
+    def gate_policy(self) -> GatePolicy:
+        """The domain gate's policy these settings ask for (``model.runtime.open_runtime`` reads it)."""
+        rules = {
+            DomainReason.MODALITY.value: self.domain_modality_rule,
+            DomainReason.VIEW.value: self.domain_view_rule,
+            DomainReason.BODY_PART.value: self.domain_body_part_rule,
+        }
+        return GatePolicy(
+            header_rules=frozenset(rule for rule, on in rules.items() if on),
+            age_rule=self.domain_age_rule,
+            image_check=self.domain_image_check,
+        )
 
     @property
     def node_state(self) -> Path:

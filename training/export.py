@@ -10,10 +10,10 @@ import hashlib
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -41,9 +41,12 @@ from model.network.evidence import (
     integrated_gradients,
     oriented_attributions,
 )
-from model.preprocess import preprocessing_spec
+from model.preprocess import Preprocessing, preprocessing_spec
+from training import domain
 from training.checkpoint import Checkpoint
+from training.domain_export import check_identical, for_checkpoint_data, with_gate
 from training.optional_outputs import gate_outputs
+from training.populations import known_population
 
 RAW_TOLERANCE = 1e-4
 RECONSTRUCTION_TOLERANCE = 1e-5
@@ -293,8 +296,8 @@ def parity(
     with torch.no_grad():
         expected = [t.numpy() for t in chain(torch.from_numpy(batch))]
     runner = session(model)
-    got = runner.run(None, feeds(batch, optional=True))
-    plain = dict(zip(OUTPUT_NAMES, runner.run(None, feeds(batch, optional=False)), strict=True))
+    got = runner.run(list(OUTPUT_NAMES), feeds(batch, optional=True))
+    plain = dict(zip(OUTPUT_NAMES, runner.run(list(OUTPUT_NAMES), feeds(batch, optional=False)), strict=True))
     if any(plain[name].size for name in OPTIONAL_OUTPUTS):
         raise ExportError("the graph computed an optional output that was switched off; nothing written")
     if not (np.array_equal(plain["raw_score"], got[0]) and np.array_equal(plain["score"], got[1])):
@@ -329,11 +332,16 @@ def export(
     check_images: NDArray[np.float32],
     normals: NDArray[np.float32],
     version: str | None = None,
+    domain_model: domain.DomainModel | Literal["auto"] | None = "auto",
+    population: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export, self-check against torch on ``check_images`` (N, H, W), then write ``out``.
 
     ``normals`` (N, H, W) are the training normals, preprocessed: their mean contribution map is
     baked into the graph as the map's reference, and their map pixels fix its colour scale.
+    ``domain_model`` is the domain gate's image check (:mod:`training.domain`); ``"auto"`` fits it
+    on the checkpoint's training folder and calibrates it there and on its selection set, None
+    leaves it out. ``population`` defaults to the one known for the training data.
     """
     if len(check_images) < 2:
         raise ExportError("the parity check needs at least two images")
@@ -345,12 +353,24 @@ def export(
     size = checkpoint.squid_config().image_size
     metadata = build_metadata(checkpoint, chain, version or _default_version(checkpoint), reference)
     model = gate_outputs(to_onnx(chain, size), OPTIONAL_OUTPUTS)
+    if domain_model == "auto":
+        prep = Preprocessing(size, checkpoint.squid_config().intensity)
+        domain_model = for_checkpoint_data(checkpoint.data, prep)
+    plain = model
+    if population is None:
+        population = known_population(checkpoint.data.get("root", ""))
+    if domain_model is not None:
+        model, metadata = with_gate(model, metadata, domain_model, population)
+    else:
+        metadata = replace(metadata, population=population)
     attach_metadata(model, metadata)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"ONNX checker rejected the export: {exc}") from exc
     raw_diff, recon_diff, map_gap = parity(chain, model, check_images)
+    if model is not plain:
+        check_identical(plain, model, check_images)
     if raw_diff > RAW_TOLERANCE or recon_diff > RECONSTRUCTION_TOLERANCE:
         raise ExportError(
             f"onnxruntime disagrees with torch: raw scores differ by {raw_diff:.2e} (limit {RAW_TOLERANCE}), "
@@ -380,4 +400,7 @@ def describe(report: ExportReport) -> dict[str, Any]:
         "map_display_max": report.metadata.anomaly_map["display_max"],
         "threshold": report.metadata.threshold,
         "threshold_rule": report.metadata.threshold_rule,
+        "domain_threshold": report.metadata.domain.get("threshold"),
+        "domain_pass_rates": report.metadata.domain.get("pass_rates"),
+        "population": report.metadata.population.get("age_years"),
     }

@@ -114,10 +114,15 @@ AUC there). {extra.get("test_note", "")}
 ## The heatmap
 {heatmap}
 
+## The domain gate
+{_gate_section(meta)}
+
 ## Known limits
 - Pediatric patients (1-5 years, one centre in Guangzhou): adult chests, other scanners and other
-  populations are out of distribution and will score as more anomalous.
-- Frontal (PA/AP) views only; lateral views are refused by the service.
+  populations are out of distribution and will score as more anomalous; with a patient's age in the
+  header the answer carries `outside_training_population`.
+- Frontal (PA/AP) views only: the domain gate refuses lateral views by their tags, and most of them
+  by the image check when the tags are missing (not all: see above).
 - Trained on 8-bit JPEG renderings; DICOM windowing choices change the input and can shift scores.
 - "Anomalous" means unlike the training normals, not a specific finding; pneumonia was the only
   abnormality available for validation.
@@ -150,6 +155,33 @@ score; a region it ranks high is one whose replacement by normal pixels lowers t
 docs/heatmap.md, `bench/map_faithfulness.py`); it does not trace a lesion's border.
 Overlays use a fixed colour scale: full colour at {info.get("display_max", 0):.3g} per pixel, a level
 {100 * (1 - info.get("display_quantile", 0.99)):.0f} % of the training normals' map pixels exceed."""
+
+
+def _gate_section(meta: ArtifactMetadata) -> str:
+    """What the artifact's domain gate checks, and how its image check was calibrated."""
+    domain, population = meta.domain, meta.population
+    ages = population.get("age_years") or {}
+    who = (
+        f"Training population: {population.get('description', '')} ({population.get('source', '')}); "
+        f"a header age outside {ages.get('min')} to {ages.get('max')} years gives the warning "
+        "`outside_training_population` (the film is still scored)."
+        if ages
+        else "No training population is recorded: the age rule is off for this artifact."
+    )
+    if "threshold" not in domain:
+        return (
+            "This artifact has no image check (exported before the gate): only the header rules apply, "
+            f"and every answer says `image_check_unavailable`. {who}"
+        )
+    rates = ", ".join(f"{name} {rate:.3f}" for name, rate in domain.get("pass_rates", {}).items())
+    return f"""Before any verdict, every input (every channel: API, CLI, batch jobs, DICOM node) passes a
+domain gate; what fails gets `out_of_domain` with reasons and no normal/anomalous label
+(README "The domain gate", docs/domain-gate.md). Header rules (DICOM): `modality`, `view` (lateral or
+oblique, from ViewPosition, the view code or the series/protocol descriptions), `body_part`. Image
+rules: `color_image`, `blank_image`, `image_too_small`. The image check (`not_a_chest_radiograph`)
+is in this artifact's graph: {domain.get("method")} ({domain.get("components")} components, fitted on
+{domain.get("fit_images")} training films and their mirror images) combined with a mediastinal-ridge
+cue, calibrated so that these calibration groups pass: {rates}. {who}"""
 
 
 def _members(training: dict[str, Any]) -> str:

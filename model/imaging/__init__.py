@@ -7,16 +7,20 @@ or raises ``ImageRejected`` with a machine-readable reason and the HTTP status t
 with.
 """
 
-from .errors import ImageRejected, Reason
+from .errors import DomainReason, ImageRejected, OutOfDomain, Reason
+from .gates import HEADER_RULES
 from .reader import DEFAULT_MAX_PIXELS, read_image, read_path
 from .result import DecodedImage, Finding, ImageInfo
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "HEADER_RULES",
     "DecodedImage",
+    "DomainReason",
     "Finding",
     "ImageInfo",
     "ImageRejected",
+    "OutOfDomain",
     "Reason",
     "read_image",
     "read_path",

@@ -18,6 +18,7 @@ ties, which the rank-based intensity step of the preprocessing magnifies.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from io import BytesIO
 from typing import Any
 
@@ -41,7 +42,8 @@ from pydicom.uid import (
 from model.blockwise import map_rows
 
 from . import gates, grayscale
-from .errors import ImageRejected, Reason
+from .age import STUDY_DATE_KEYWORDS, age_years
+from .errors import ImageRejected, OutOfDomain, Reason
 from .frames import StoredFrame, decode_first_frame, syntax_label
 from .privacy import Scrubber
 from .reduce import box_factor, box_mean, map_then_reduce
@@ -55,29 +57,37 @@ DEFER_BYTES = 1 << 16
 
 
 def read_dicom(
-    data: bytes, *, max_pixels: int, enforce_gates: bool = True, min_side: int | None = None
+    data: bytes,
+    *,
+    max_pixels: int,
+    header_rules: Collection[str] = gates.HEADER_RULES,
+    min_side: int | None = None,
 ) -> DecodedImage:
     """DICOM bytes -> :class:`DecodedImage`, or :class:`ImageRejected` with the reason.
 
-    ``min_side``: decode at the smallest resolution whose shorter side keeps at least that many
-    pixels (``None``: full resolution). pydicom warnings are silenced for the whole read: they quote
-    element values and carry no information the caller needs (problems surface as rejections or
-    findings instead).
+    ``header_rules`` are the domain gate's header rules in force (:data:`gates.HEADER_RULES`); any
+    that fails raises :class:`OutOfDomain` before a pixel is decoded. ``min_side``: decode at the
+    smallest resolution whose shorter side keeps at least that many pixels (``None``: full
+    resolution). pydicom warnings are silenced for the whole read: they quote element values and
+    carry no information the caller needs (problems surface as rejections or findings instead).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _read(data, max_pixels=max_pixels, enforce_gates=enforce_gates, min_side=min_side)
+        return _read(data, max_pixels=max_pixels, header_rules=header_rules, min_side=min_side)
 
 
-def _read(data: bytes, *, max_pixels: int, enforce_gates: bool, min_side: int | None) -> DecodedImage:
+def _read(
+    data: bytes, *, max_pixels: int, header_rules: Collection[str], min_side: int | None
+) -> DecodedImage:
     findings: list[str] = []
     ds = _parse(data)
     complete = any(keyword in ds for keyword in PIXEL_DATA_KEYWORDS) or _ends_on_element(ds, len(data))
     scrub = Scrubber.from_dataset(ds)
     syntax = _ensure_transfer_syntax(ds, findings)
     _require_pixel_data(ds, syntax, complete=complete)
-    if enforce_gates:
-        _check_acquisition(ds, findings)
+    refused = gates.header_reasons(header_fields(ds), findings, header_rules)
+    if refused:
+        raise OutOfDomain(refused, findings)
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows <= 0 or columns <= 0:
         raise ImageRejected(Reason.EMPTY_IMAGE, f"image has {rows} rows and {columns} columns")
@@ -95,7 +105,10 @@ def _read(data: bytes, *, max_pixels: int, enforce_gates: bool, min_side: int | 
     frame = decode_first_frame(data, ds, syntax, min_side=codec_side, scrub=scrub)
     factor = box_factor(frame.pixels.shape[0], frame.pixels.shape[1], min_side)
     pixels = _to_display(frame, factor, ds, syntax, findings)
-    return DecodedImage(pixels=pixels, info=_info(ds, syntax, (rows, columns)), warnings=findings)
+    age = age_years(_text(ds, "PatientAge"), _text(ds, "PatientBirthDate"), _study_date(ds))
+    return DecodedImage(
+        pixels=pixels, info=_info(ds, syntax, (rows, columns)), warnings=findings, patient_age_years=age
+    )
 
 
 def _parse(data: bytes) -> Dataset:
@@ -191,15 +204,27 @@ def dicom_pixels(data: bytes) -> int:
     )
 
 
-def _check_acquisition(ds: Dataset, findings: list[str]) -> None:
-    gates.check_modality(_text(ds, "Modality"), findings)
-    view_code = ds.get("ViewCodeSequence")
-    meaning = _text(view_code[0], "CodeMeaning") if view_code else None
-    body_part = _text(ds, "BodyPartExamined")
-    gates.check_view(
-        _text(ds, "ViewPosition"), view_code_meaning=meaning, body_part=body_part, findings=findings
+def header_fields(ds: Dataset) -> gates.HeaderFields:
+    """What the domain gate's header rules read."""
+    try:
+        view_code = ds.get("ViewCodeSequence")
+        item = view_code[0] if view_code else None
+    except Exception:  # a damaged sequence is a missing one
+        item = None
+    return gates.HeaderFields(
+        modality=_text(ds, "Modality"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        view_position=_text(ds, "ViewPosition"),
+        view_code_value=_text(item, "CodeValue") if item is not None else None,
+        view_code_meaning=_text(item, "CodeMeaning") if item is not None else None,
+        body_part=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
+        protocol_name=_text(ds, "ProtocolName"),
     )
-    gates.check_body_part(body_part, findings)
+
+
+def _study_date(ds: Dataset) -> str | None:
+    return next((value for key in STUDY_DATE_KEYWORDS if (value := _text(ds, key))), None)
 
 
 def _to_display(
@@ -212,9 +237,15 @@ def _to_display(
         findings.append(Finding.MISSING_PHOTOMETRIC_INTERPRETATION)
         photometric = "MONOCHROME2" if stored.ndim == 2 else "RGB"
     if stored.ndim == 3:
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+        if grayscale.is_colour(stored, float(2**bits - 1)):
+            findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
         gray = _map(stored, grayscale.luma, factor)
     elif photometric == "PALETTE COLOR":
-        gray = _map(stored, lambda rows: grayscale.luma(apply_color_lut(rows, ds)), factor)
+        rgb = apply_color_lut(stored, ds)
+        if grayscale.is_colour(rgb, 255.0 if rgb.dtype == np.uint8 else 65535.0):
+            findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
+        gray = _map(rgb, grayscale.luma, factor)
     elif photometric in ("MONOCHROME1", "MONOCHROME2"):
         gray = _monochrome(stored, factor, ds, photometric, findings)
     else:

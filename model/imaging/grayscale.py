@@ -29,6 +29,8 @@ from .result import Finding
 FloatArray = NDArray[np.float64]
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+# Mean |R-G| + |G-B| (8-bit units) above which an RGB image is really coloured, not gray in RGB.
+COLOR_SPREAD = 2.0
 
 
 def modality_values(stored: NDArray[Any], ds: Dataset) -> FloatArray:
@@ -196,6 +198,17 @@ def luma(rgb: NDArray[Any]) -> FloatArray:
     """ITU-R BT.601 luma of an (..., 3+) array; extra channels (alpha) are ignored."""
     channels = np.asarray(rgb[..., :3], dtype=np.float64)
     return np.tensordot(channels, np.asarray(LUMA_WEIGHTS), axes=([-1], [0]))
+
+
+def is_colour(rgb: NDArray[Any], full_scale: float = 255.0) -> bool:
+    """Whether an (H, W, 3+) image is really coloured, not gray stored as RGB (R = G = B up to
+    compression noise): mean ``|R-G| + |G-B|`` above :data:`COLOR_SPREAD` 8-bit units."""
+    spread = 0.0
+    for rows in row_blocks(rgb):
+        part = rgb[rows, :, :3].astype(np.float64)
+        spread += float((np.abs(part[..., 0] - part[..., 1]) + np.abs(part[..., 1] - part[..., 2])).sum())
+    mean = spread / max(1, rgb.shape[0] * rgb.shape[1])
+    return mean * 255.0 / full_scale > COLOR_SPREAD
 
 
 def _first_window(ds: Dataset) -> tuple[float, float] | None:

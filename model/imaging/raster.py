@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from model.blockwise import map_rows, row_blocks
+from model.blockwise import map_rows
 
 from . import grayscale
 from .errors import ImageRejected, Reason
@@ -45,8 +45,6 @@ MODE_BITS: dict[str, int] = {
     "F": 32,
 }
 EXIF_ORIENTATION = 0x0112
-# Mean |R-G| + |G-B| (8-bit units) above which an RGB upload is really coloured, not gray in RGB.
-COLOR_SPREAD = 2.0
 # EXIF orientations 5-8 turn the picture a quarter: rows become columns.
 QUARTER_TURNS = frozenset({5, 6, 7, 8})
 MAX_DCT_STEPS = 3
@@ -125,11 +123,7 @@ def _gray(image: Image.Image, factor: int, findings: list[str]) -> tuple[NDArray
     rgba = np.asarray(image if mode == wanted else image.convert(wanted))  # uint8, no float copy
     if has_alpha:
         _note_alpha(rgba[..., 3], findings)
-    spread = 0.0
-    for rows in row_blocks(rgba):
-        rgb = rgba[rows, :, :3].astype(np.float64)
-        spread += float((np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])).sum())
-    if spread / max(1, rgba.shape[0] * rgba.shape[1]) > COLOR_SPREAD:
+    if grayscale.is_colour(rgba):
         findings.append(Finding.COLOR_CONVERTED_TO_GRAY)
     if factor > 1:
         return _float(map_then_reduce(rgba, grayscale.luma, factor), 1), photometric

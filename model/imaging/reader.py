@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import replace
 from io import BytesIO
 
@@ -11,6 +12,7 @@ from PIL import Image
 from .detect import detect_format
 from .dicom import dicom_pixels, read_dicom
 from .errors import ImageRejected, Reason
+from .gates import HEADER_RULES
 from .raster import read_raster
 from .result import DecodedImage, Finding
 
@@ -24,7 +26,7 @@ def read_image(
     data: bytes | bytearray | memoryview,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    enforce_gates: bool = True,
+    header_rules: Collection[str] = HEADER_RULES,
     min_side: int | None = None,
 ) -> DecodedImage:
     """Decode a DICOM, PNG or JPEG upload (detected by content) into a :class:`DecodedImage`.
@@ -34,9 +36,10 @@ def read_image(
     JPEG DCT scaling, box means of decoded pixels: :mod:`model.imaging.reduce`); ``None`` decodes
     at full resolution. Every scoring channel passes
     :func:`model.imaging.reduce.min_side_for` of its model through :func:`model.steps.prepare`.
-    ``enforce_gates=False`` skips the DICOM acquisition gates (modality, lateral view, body part)
-    for tooling and decoder tests; the service always keeps them on. Any failure is an
-    :class:`ImageRejected`; nothing else escapes, and no message quotes patient data.
+    ``header_rules`` are the domain gate's DICOM header rules in force (:mod:`model.imaging.gates`;
+    an empty set for tooling and decoder tests). Any failure is an :class:`ImageRejected` (an
+    :class:`OutOfDomain` when a header rule fails); nothing else escapes, and no message quotes
+    patient data.
     """
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
@@ -48,7 +51,7 @@ def read_image(
         )
     try:
         if fmt == "dicom":
-            decoded = read_dicom(data, max_pixels=max_pixels, enforce_gates=enforce_gates, min_side=min_side)
+            decoded = read_dicom(data, max_pixels=max_pixels, header_rules=header_rules, min_side=min_side)
         else:
             decoded = read_raster(data, fmt, max_pixels=max_pixels, min_side=min_side)
     except ImageRejected:
@@ -86,13 +89,13 @@ def read_path(
     path: str | os.PathLike[str],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    enforce_gates: bool = True,
+    header_rules: Collection[str] = HEADER_RULES,
     min_side: int | None = None,
 ) -> DecodedImage:
     """:func:`read_image` on a file's bytes (the name plays no part in format detection)."""
     with open(path, "rb") as handle:
         data = handle.read()
-    return read_image(data, max_pixels=max_pixels, enforce_gates=enforce_gates, min_side=min_side)
+    return read_image(data, max_pixels=max_pixels, header_rules=header_rules, min_side=min_side)
 
 
 def shape_findings(shape: tuple[int, ...]) -> list[str]:

@@ -77,3 +77,6 @@ class DecodedImage:
     pixels: NDArray[np.float32]
     info: ImageInfo
     warnings: list[str] = field(default_factory=list)
+    # The patient's age at the study (DICOM only, when the header says), for the domain gate's
+    # training-population rule. Deliberately not in ``info``: it is never returned or logged.
+    patient_age_years: float | None = field(default=None, repr=False)

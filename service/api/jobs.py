@@ -64,11 +64,13 @@ class JobEvent(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``failed`` (of ``total``).
+    """A job's state and progress: ``done`` = ``scored`` + ``skipped`` + ``out_of_domain`` + ``failed``
+    (of ``total``).
 
     ``succeeded`` means every file has a result row; files that could not be scored are counted in
-    ``failed`` and ``failures`` (by reason), each with its reason in the results. ``failed`` means
-    the job itself could not finish (``error`` says why) and publishes no results.
+    ``failed`` and ``failures`` (by reason), each with its reason in the results; images the domain
+    gate refused are counted in ``out_of_domain``. ``failed`` means the job itself could not finish
+    (``error`` says why) and publishes no results.
     """
 
     id: str
@@ -79,7 +81,11 @@ class JobOut(BaseModel):
     done: int = Field(description="Files with a result row so far, whatever the outcome.")
     scored: int
     resumed: int = Field(description="Of the scored files, those whose score an earlier job computed.")
-    skipped: int = Field(description="Not scoreable by design (junk, SR, lateral, non-chest, ...).")
+    skipped: int = Field(description="Not scoreable by design (not an image, SR, no pixels, ...).")
+    out_of_domain: int = Field(
+        description="Images the domain gate refused (CT, lateral, non-chest, not a chest radiograph, ...): "
+        "no score, their rows say why in domain_reasons."
+    )
     failed: int = Field(description="Should have scored but could not (truncated, undecodable, ...).")
     failures: dict[str, int] = Field(
         description="The failed files by reason, e.g. {'undecodable': 2, 'kills_worker': 1}."
@@ -213,7 +219,7 @@ async def _submit_upload(request: Request, manager: JobManager, dicom_out: bool 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=_ERRORS)
 def get_job(job_id: str, request: Request, manager: JobManagerDep) -> JobOut:
-    """State, counts (total, done, scored, resumed, skipped, failed), times and throughput."""
+    """State, counts (total, done, scored, resumed, skipped, out_of_domain, failed), times and throughput."""
     return _out(manager.get(job_id), request)
 
 

@@ -28,6 +28,12 @@ async def model_info(state: StateDep) -> dict[str, Any]:
         "max_batch": settings.max_batch,
         "max_wait_ms": settings.max_wait_ms,
         "max_upload_mb": settings.max_upload_mb,
+        "domain_gate": {
+            "header_rules": sorted(runtime.gate.policy.header_rules),
+            "age_rule": runtime.gate.policy.age_rule,
+            "image_check": runtime.gate.policy.image_check,
+            "image_check_available": runtime.has_domain_model,
+        },
     }
     return info
 

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from model.imaging import ImageInfo, ImageRejected
+from model.imaging import ImageInfo, ImageRejected, OutOfDomain
+from model.steps import verdict
 from service import metrics
 from service.api.dicom_output import OUTPUT_HELP, RESPONSES, Output, check_input, dicom_response
 from service.batching import BatcherClosedError
@@ -99,7 +100,8 @@ REQUEST_BODY = {
         413: _error("too_large: body over SQUID_MAX_UPLOAD_MB"),
         415: _error("unsupported_format: neither DICOM, PNG nor JPEG (by content), or another Content-Type"),
         422: _error(
-            "missing_file, no_pixel_data, unsupported_modality, lateral_view, not_chest, undecodable, "
+            "out_of_domain (not a frontal chest radiograph the model may judge: no score, no label; "
+            "`reasons` lists the domain gate's codes), missing_file, no_pixel_data, undecodable, "
             "image_too_large, empty_image; with ?output=sr|sc: dicom_output_needs_dicom_input, "
             "source_missing_uids, dicom_output_failed"
         ),
@@ -127,8 +129,7 @@ async def score(
         with batcher.incoming():
             prepared = await state.prepare(upload.data, runtime)
     except ImageRejected as exc:
-        metrics.REJECTIONS.labels(exc.reason).inc()
-        log.info("rejected", extra={"reason": exc.reason, "status": image_status(exc), "detail": exc.detail})
+        _count_rejection(exc)
         raise
     check_input(output, prepared.decoded)
     info = prepared.decoded.info
@@ -143,7 +144,12 @@ async def score(
         raise ApiError(503, NOT_READY, str(exc), {"Retry-After": "5"}) from None
     prepared.timing_ms["queue"] = outcome.queue_ms
     prepared.timing_ms["inference"] = outcome.inference_ms
-    result = outcome.result
+    try:
+        result = verdict(runtime.gate, prepared, outcome.result)
+    except OutOfDomain as exc:
+        _count_rejection(exc)
+        raise
+    metrics.observe_gate(prepared.decoded.warnings)
     version = runtime.metadata.model_version
     metrics.observe_score(version, result.score, result.is_anomalous)
     if heatmap or preview:
@@ -167,3 +173,14 @@ async def score(
     if output != "json":
         return await run_in_threadpool(dicom_response, output, upload.data, prepared.decoded, result, runtime)
     return JSONResponse(payload)
+
+
+def _count_rejection(exc: ImageRejected) -> None:
+    """Metrics and a log line for a refused upload (an out-of-domain one by each of its reasons)."""
+    metrics.REJECTIONS.labels(exc.reason).inc()
+    extra: dict[str, Any] = {"reason": exc.reason, "status": image_status(exc), "detail": exc.detail}
+    if isinstance(exc, OutOfDomain):
+        for code in exc.reasons:
+            metrics.OUT_OF_DOMAIN.labels(code).inc()
+        extra["reasons"] = exc.reasons
+    log.info("rejected", extra=extra)

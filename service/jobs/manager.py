@@ -74,6 +74,7 @@ class JobView:
     scored: int  # includes resumed
     resumed: int
     skipped: int
+    out_of_domain: int
     failed: int
     chunks: int
     chunks_done: int

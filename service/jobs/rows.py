@@ -4,8 +4,10 @@ Reason codes are those of ``POST /score`` (:class:`model.imaging.Reason`) plus a
 walk or a worker can meet: ``kills_worker`` (the file alone stopped its worker process every time it
 was tried: :mod:`service.jobs.isolation`), ``worker_lost`` (its chunk kept being lost between files),
 ``model_mismatch`` (no worker with the job's model took it). A *skipped* file is not scoreable by
-design (not an image, not a frontal chest radiograph); a *failed* file should have been scoreable but
-could not be read, decoded or scored.
+design (not an image, no pixels); an *out_of_domain* file is an image the domain gate
+(:mod:`model.domain`) refused, with its reasons in ``domain_reasons``; a *failed* file should have
+been scoreable but could not be read, decoded or scored. ``warnings`` are the soft findings of every
+decoded file (``outside_training_population`` among them).
 """
 
 from __future__ import annotations
@@ -24,17 +26,16 @@ from model.imaging import Reason as ImageReason
 class Status(StrEnum):
     SCORED = "scored"
     SKIPPED = "skipped"
+    OUT_OF_DOMAIN = "out_of_domain"
     FAILED = "failed"
 
 
 class Reason(StrEnum):
-    """Every reason code a row can carry; the first eight are exactly the ``POST /score`` codes."""
+    """Every reason code a row can carry; the first seven are exactly the ``POST /score`` codes."""
 
     UNSUPPORTED_FORMAT = ImageReason.UNSUPPORTED_FORMAT.value
     NO_PIXEL_DATA = ImageReason.NO_PIXEL_DATA.value
-    UNSUPPORTED_MODALITY = ImageReason.UNSUPPORTED_MODALITY.value
-    LATERAL_VIEW = ImageReason.LATERAL_VIEW.value
-    NOT_CHEST = ImageReason.NOT_CHEST.value
+    OUT_OF_DOMAIN = ImageReason.OUT_OF_DOMAIN.value
     UNDECODABLE = ImageReason.UNDECODABLE.value
     IMAGE_TOO_LARGE = ImageReason.IMAGE_TOO_LARGE.value
     EMPTY_IMAGE = ImageReason.EMPTY_IMAGE.value
@@ -55,9 +56,6 @@ SKIPPED_REASONS = frozenset(
     {
         Reason.UNSUPPORTED_FORMAT,
         Reason.NO_PIXEL_DATA,
-        Reason.UNSUPPORTED_MODALITY,
-        Reason.LATERAL_VIEW,
-        Reason.NOT_CHEST,
         Reason.DICOMDIR,
         Reason.OUTSIDE_ROOT,
     }
@@ -65,7 +63,9 @@ SKIPPED_REASONS = frozenset(
 
 
 def status_for(reason: str) -> Status:
-    """Skipped (not scoreable by design) or failed (should have scored, could not)."""
+    """Skipped (not scoreable by design), out of the model's domain, or failed (should have scored)."""
+    if reason == Reason.OUT_OF_DOMAIN:
+        return Status.OUT_OF_DOMAIN
     return Status.SKIPPED if reason in SKIPPED_REASONS else Status.FAILED
 
 
@@ -81,6 +81,8 @@ INSTANCE_COLUMNS = (
     "reason",
     "model_version",
     "detail",
+    "domain_reasons",
+    "warnings",
 )
 STUDY_COLUMNS = (
     "study_instance_uid",
@@ -110,10 +112,12 @@ class Row:
     threshold: float | None = None
     reason: str = ""
     detail: str = ""
+    # The domain gate's reasons of an out_of_domain row, and every row's soft findings (published).
+    domain_reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     # For the worklist (service.worklist), kept in the chunk files only, not in the published CSV:
     accession_number: str = ""
     study_date: str = ""  # DICOM YYYYMMDD
-    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Lossless form used in chunk files (full-precision floats)."""
@@ -121,7 +125,8 @@ class Row:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
-        return cls(**{**data, "warnings": tuple(data.get("warnings") or ())})
+        lists = {name: tuple(data.get(name) or ()) for name in ("warnings", "domain_reasons")}
+        return cls(**{**data, **lists})
 
     @classmethod
     def rejected(cls, path: str, reason: str, detail: str, model_version: str, **uids: str) -> Row:
@@ -145,6 +150,7 @@ def instance_record(row: Row) -> dict[str, Any]:
     """The published form of a row (rounded scores), in column order."""
     record = asdict(row)
     record["score"], record["threshold"] = _round(row.score), _round(row.threshold)
+    record["domain_reasons"], record["warnings"] = list(row.domain_reasons), list(row.warnings)
     return {column: record[column] for column in INSTANCE_COLUMNS}
 
 
@@ -184,6 +190,8 @@ def _csv_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.{DECIMALS}f}"
+    if isinstance(value, list):
+        value = ";".join(str(item) for item in value)
     text = str(value)
     # A spreadsheet runs a cell starting with these as a formula (a file named "=cmd|..."): quote it.
     return "'" + text if text.startswith(FORMULA_STARTS) else text

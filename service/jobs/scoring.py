@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from model.imaging import ImageRejected
+from model.domain import DomainGate
+from model.imaging import ImageRejected, OutOfDomain
 from model.imaging.headers import peek_study, peek_uids
 from model.preprocess import Preprocessing
 from model.runtime import ScoreResult, SquidRuntime
-from model.steps import Prepared, decode_threads, in_threads, infer, prepare
+from model.steps import Prepared, decode_threads, in_threads, infer, prepare, verdict
 from service.jobs.cache import ScoreCache
 from service.jobs.rows import Reason, Row, Status
+from service.jobs.state import COUNT_KEYS
 from service.jobs.walker import FileEntry, resolve_inside
 from service.payload import thumbnail_png
 
@@ -39,9 +41,10 @@ MIN_FILE_LIMIT = 256 << 20
 
 
 def model_namespace(runtime: SquidRuntime) -> str:
-    """What a cached score is valid for: the model version and its weights."""
+    """What a cached score is valid for: the model version, its weights and the domain gate (its
+    policy and calibration decide whether a file gets a score at all)."""
     meta = runtime.metadata
-    return f"{meta.model_version}@{meta.weights_sha256[:16]}"
+    return f"{meta.model_version}@{meta.weights_sha256[:16]}+gate.{runtime.gate.fingerprint()}"
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ChunkOutcome:
     thumbnails: dict[str, bytes] = field(default_factory=dict)  # path -> PNG, for each decoded file
 
     def summary(self) -> dict[str, int]:
-        return {key: int(self.counts.get(key, 0)) for key in ("scored", "resumed", "skipped", "failed")}
+        return {key: int(self.counts.get(key, 0)) for key in COUNT_KEYS}
 
     def failures(self) -> dict[str, int]:
         """Failed rows by reason (what the job view shows as ``failures``)."""
@@ -147,7 +150,9 @@ def score_entries(
     reads: Iterator[Row | _Read] = (
         _read_one(runtime, root, entry, cache, max_pixels, outcome) for entry in entries
     )
-    decode = functools.partial(_decode_one, runtime.preprocessing, max_pixels, version, full_resolution)
+    decode = functools.partial(
+        _decode_one, runtime.preprocessing, runtime.gate, max_pixels, version, full_resolution
+    )
     for index, result in enumerate(in_threads(decode, reads, decode_threads(threads))):
         if isinstance(result, Row):
             rows[index] = result
@@ -176,16 +181,25 @@ def score_entries(
             fresh: dict[str, dict[str, object]] = {}
             for p, res in zip(pending, results, strict=True):
                 uids = _uids(p.item)
+                try:
+                    verdict(runtime.gate, p.item, res)
+                except OutOfDomain as exc:  # the image check: no score, no label, and no SR/SC
+                    row = _out_of_domain_row(p.entry.path, exc, version, uids)
+                    rows[p.index] = replace(row, accession_number=p.study[0], study_date=p.study[1])
+                    continue
+                warnings = tuple(p.item.decoded.warnings)
                 row = _scored_row(p.entry.path, version, runtime.threshold, res.score, uids)
                 rows[p.index] = replace(
-                    row,
-                    accession_number=p.study[0],
-                    study_date=p.study[1],
-                    warnings=tuple(p.item.decoded.warnings),
+                    row, accession_number=p.study[0], study_date=p.study[1], warnings=warnings
                 )
                 outcome.counts["scored"] += 1
                 outcome.results[p.entry.path] = res
-                fresh[p.digest] = {"score": res.score, "raw_score": res.raw_score, **uids}
+                fresh[p.digest] = {
+                    "score": res.score,
+                    "raw_score": res.raw_score,
+                    "warnings": warnings,
+                    **uids,
+                }
             try:
                 cache.put_many(fresh)
             except Exception:  # losing a cache write costs a rescore later, never a row
@@ -194,7 +208,8 @@ def score_entries(
     for row in outcome.rows:
         if row.status != Status.SCORED:  # scored rows were counted as fresh or resumed where made
             outcome.counts[row.status] += 1
-            outcome.reasons[(row.status, row.reason)] += 1
+            for reason in row.domain_reasons or (row.reason,):
+                outcome.reasons[(row.status, reason)] += 1
     return outcome
 
 
@@ -239,22 +254,32 @@ def _read_one(
         }
         row = _scored_row(entry.path, version, runtime.threshold, float(cached["score"]), uids)
         accession, date = peek_study(data)
-        return replace(row, accession_number=accession, study_date=date)
+        warnings = tuple(str(code) for code in cached.get("warnings") or ())
+        return replace(row, accession_number=accession, study_date=date, warnings=warnings)
     return _Read(entry, digest, data)
 
 
 def _decode_one(
-    preprocessing: Preprocessing, max_pixels: int, version: str, full_resolution: bool, read: Row | _Read
+    preprocessing: Preprocessing,
+    gate: DomainGate,
+    max_pixels: int,
+    version: str,
+    full_resolution: bool,
+    read: Row | _Read,
 ) -> Row | tuple[str, Prepared, tuple[str, str], bytes]:
-    """Decode and preprocess one read file (in a decode thread); a rejection becomes its row. With
-    the decoded pixels still in memory, the worklist's thumbnail and the study's identifiers."""
+    """Decode and preprocess one read file (in a decode thread), past the domain gate's header and
+    image rules; a rejection becomes its row. With the decoded pixels still in memory, the
+    worklist's thumbnail and the study's identifiers."""
     if isinstance(read, Row):
         return read
     try:
-        item = prepare(read.data, preprocessing, max_pixels, full_resolution=full_resolution)
+        item = prepare(read.data, preprocessing, max_pixels, gate, full_resolution=full_resolution)
     except ImageRejected as exc:
         uids = _peek_uids(read.data, exc.reason)
-        row = Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
+        if isinstance(exc, OutOfDomain):
+            row = _out_of_domain_row(read.entry.path, exc, version, uids)
+        else:
+            row = Row.rejected(read.entry.path, exc.reason, exc.detail, version, **uids)
         if row.study_instance_uid:
             accession, date = peek_study(read.data)
             row = replace(row, accession_number=accession, study_date=date)
@@ -278,6 +303,12 @@ def _scored_row(path: str, version: str, threshold: float, score: float, uids: d
         series_instance_uid=uids.get("series_instance_uid", ""),
         sop_instance_uid=uids.get("sop_instance_uid", ""),
     )
+
+
+def _out_of_domain_row(path: str, exc: OutOfDomain, version: str, uids: dict[str, str]) -> Row:
+    """No score, no label: the gate's reasons (and the warnings gathered until then)."""
+    row = Row.rejected(path, exc.reason, exc.detail, version, **uids)
+    return replace(row, domain_reasons=tuple(exc.reasons), warnings=tuple(exc.warnings))
 
 
 def _uids(item: Prepared) -> dict[str, str]:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 ACTIVE_STATES = (QUEUED, RUNNING)
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-COUNT_KEYS = ("scored", "resumed", "skipped", "failed")
+COUNT_KEYS = ("scored", "resumed", "skipped", "out_of_domain", "failed")
 PLAN_ATTEMPT = "plan"  # the planning task's field in the attempts hash (chunks use their index)
 JOB_KEY_SUFFIXES = ("", ":chunks", ":attempts", ":inflight", ":isolation")
 

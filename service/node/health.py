@@ -50,7 +50,7 @@ def snapshot(registry: CollectorRegistry, spool_root: Path, ae_title: str, port:
         },
         "images": {
             outcome: total("squid_node_images_scored_total", outcome=outcome)
-            for outcome in ("scored", "skipped", "failed")
+            for outcome in ("scored", "skipped", "out_of_domain", "failed")
         },
         "objects_sent": total("squid_node_objects_sent_total"),
         "send_failures": total("squid_node_send_failures_total"),

@@ -6,7 +6,7 @@ squid_node_associations_total           counter  outcome (accepted|rejected), re
 squid_node_connections_total            counter  outcome (accepted|refused|evicted), reason
 squid_node_open_connections             gauge    state (pending|associated)
 squid_node_connection_limit             gauge    kind (connections|associations|per_peer)
-squid_node_images_scored_total          counter  outcome (scored|skipped|failed)
+squid_node_images_scored_total          counter  outcome (scored|skipped|out_of_domain|failed)
 squid_node_studies_total                counter  outcome (scored|failed)
 squid_node_objects_sent_total           counter  destination
 squid_node_send_failures_total          counter  destination

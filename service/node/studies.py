@@ -83,8 +83,10 @@ def output_records(results: Path) -> list[dict[str, str]]:
 
 
 def image_outcomes(results: Path) -> dict[str, int]:
-    """Counts of scored / skipped / failed images of a scored batch (from ``instances.jsonl``)."""
-    counts = {"scored": 0, "skipped": 0, "failed": 0}
+    """Counts of scored / skipped / out-of-domain / failed images of a scored batch (from
+    ``instances.jsonl``). An out-of-domain image gets no SR or SC: the PACS hears nothing about it,
+    the node logs and counts it."""
+    counts = {"scored": 0, "skipped": 0, "out_of_domain": 0, "failed": 0}
     index = results / "instances.jsonl"
     if index.exists():
         for line in index.read_text(encoding="utf-8").splitlines():
@@ -116,12 +118,21 @@ def process_batch(
         for path in files:
             spool.queue_result(destination, path)
     kept.hand_over(batch.name, files, delivered=bool(destinations))
-    for outcome, count in image_outcomes(results).items():
+    outcomes = image_outcomes(results)
+    for outcome, count in outcomes.items():
         metrics.images.labels(outcome).inc(count)
     for record in records:
         if not record.get("kind"):  # the scorer logged why
             metrics.not_built.labels(record.get("reason") or "unknown").inc()
     spool.finish_batch(batch)
     metrics.studies.labels("scored").inc()
-    log.info("study scored", extra={"objects": len(files), "destinations": len(destinations)})
+    log.info(
+        "study scored",
+        extra={"objects": len(files), "destinations": len(destinations), "images": outcomes},
+    )
+    if outcomes["out_of_domain"]:  # no result object says "normal" (or anything) for these
+        log.warning(
+            "%d images not assessed: outside the model's domain (see instances.jsonl)",
+            outcomes["out_of_domain"],
+        )
     return len(files)

@@ -10,6 +10,18 @@
   // URLs are built on the origin: fetch() refuses URLs that inherit user:password@ from the address bar.
   const api = (path) => new URL(path, window.location.origin);
 
+  // The domain gate's codes in words (the API sends the codes; see README "The domain gate").
+  const DOMAIN_REASONS = {
+    modality: "the DICOM modality is not a radiograph (CT, MR, ultrasound, ...)",
+    body_part: "the DICOM header names a body part other than the chest",
+    view: "the DICOM header says the view is lateral or oblique, not frontal",
+    color_image: "it is a colour image, not a radiograph",
+    blank_image: "the image is blank",
+    image_too_small: "the image is too small to judge",
+    not_a_chest_radiograph: "it does not look like a frontal chest radiograph",
+  };
+  let population = "";
+
   function setStatus(text, kind) {
     status.textContent = text;
     status.className = "status" + (kind ? " " + kind : "");
@@ -28,6 +40,8 @@
       $("model-line").textContent =
         `Model: ${model.model_name} ${model.model_version} · threshold ${model.serving.threshold.toFixed(3)}`;
       describeMap(model.anomaly_map || {});
+      const ages = (model.population || {}).age_years;
+      if (ages) population = `patients aged ${ages.min} to ${ages.max} years`;
     } catch (error) {
       $("model-line").textContent = "Model: server unreachable";
     }
@@ -73,6 +87,12 @@
     $("gauge-fill").style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
     $("gauge-fill").className = "gauge-fill " + (result.is_anomalous ? "anomalous" : "normal");
     $("gauge-threshold").style.left = `${Math.max(0, Math.min(1, result.threshold)) * 100}%`;
+    const outside = result.warnings.includes("outside_training_population");
+    $("population-warning").hidden = !outside;
+    $("population-warning").textContent = outside
+      ? "The patient is outside the model's training population" +
+        (population ? ` (${population})` : "") + ": the score is less reliable."
+      : "";
     $("input-image").src = "data:image/png;base64," + result.preview_png_base64;
     $("overlay-image").src = "data:image/png;base64," + result.heatmap_png_base64;
 
@@ -101,10 +121,21 @@
     $("result").hidden = false;
   }
 
+  function showRefusal(reasons) {
+    $("refusal-reasons").replaceChildren(...reasons.map((code) => {
+      const li = document.createElement("li");
+      li.dataset.reason = code;
+      li.textContent = DOMAIN_REASONS[code] || code.replaceAll("_", " ");
+      return li;
+    }));
+    $("refusal").hidden = false;
+  }
+
   async function score(file) {
     if (!file) return;
     setStatus(`Scoring ${file.name}…`, "busy");
     $("result").hidden = true;
+    $("refusal").hidden = true;
     const form = new FormData();
     form.append("file", file, file.name);
     try {
@@ -115,6 +146,11 @@
       const body = await response.json().catch(() => null);
       if (!response.ok) {
         const error = body && body.error ? body.error : { reason: `http_${response.status}`, detail: "" };
+        if (error.reason === "out_of_domain") {
+          showRefusal(error.reasons || []);
+          setStatus(`Not assessed: ${file.name} is outside the model's domain.`, "error");
+          return;
+        }
         setStatus(`Not scored: ${error.reason.replaceAll("_", " ")}. ${error.detail}`, "error");
         return;
       }

@@ -50,7 +50,8 @@ export function startJobs({ onJobs, onShow }) {
     }
     const counts = element("span", {
       class: "counts",
-      text: `${job.scored} scored · ${job.skipped} skipped · ${job.failed} failed of ${job.total || "?"}`,
+      text: `${job.scored} scored · ${job.skipped} skipped · ${job.out_of_domain ?? 0} out of domain · ` +
+        `${job.failed} failed of ${job.total || "?"}`,
     });
     const actions = element("td", { class: "actions" });
     if (ACTIVE.has(job.state)) {

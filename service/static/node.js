@@ -21,7 +21,8 @@ export function startNode() {
         ["Studies being scored", health.studies.scoring],
         ["Studies scored", health.studies.scored],
         ["Scoring failures", health.studies.failed],
-        ["Images", `${health.images.scored} scored · ${health.images.skipped} skipped · ${health.images.failed} failed`],
+        ["Images", `${health.images.scored} scored · ${health.images.skipped} skipped · ` +
+          `${health.images.out_of_domain ?? 0} out of domain · ${health.images.failed} failed`],
         ["Results sent", health.objects_sent],
         ["Send failures", health.send_failures],
         ["Waiting to be sent", health.outbox],

@@ -28,7 +28,12 @@ from service.jobs.rows import Row, Status
 
 LABELS = ("anomalous", "normal")
 FLAGGED_LABEL = "anomalous"
-STATUSES = (Status.SCORED.value, Status.FAILED.value, Status.SKIPPED.value)  # a study's, in precedence
+STATUSES = (  # a study's, in precedence
+    Status.SCORED.value,
+    Status.FAILED.value,
+    Status.OUT_OF_DOMAIN.value,
+    Status.SKIPPED.value,
+)
 SortKey = Literal["score", "study_date", "accession_number"]
 SORT_COLUMNS: dict[str, tuple[str, ...]] = {
     "score": ("flagged", "score"),

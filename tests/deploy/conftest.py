@@ -96,7 +96,10 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory, native_stack_module: An
     threshold = round((scores[N_IMAGES // 2 - 1] + scores[N_IMAGES // 2]) / 2, 6)
     env_file = workdir / "squid.env"
     env_file.write_text(
-        f"# test settings\nSQUID_THRESHOLD={threshold}\nSQUID_LOG_LEVEL=INFO\n", encoding="utf-8"
+        f"# test settings\nSQUID_THRESHOLD={threshold}\nSQUID_LOG_LEVEL=INFO\n"
+        # the node admits nobody until told whom (issue 25, 13): the test's C-STORE calls as STORESCU
+        'SQUID_DICOM_ALLOWED_AES=["STORESCU"]\n',
+        encoding="utf-8",
     )
     variables = {
         "SQUID_IMPORT_DIR": str(import_dir),

@@ -8,6 +8,7 @@ interpretations, with sentinel patient identifiers that must never appear in res
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import zipfile
@@ -50,6 +51,8 @@ class Expected:
     outcome: dict[str, tuple[str, str]] = field(default_factory=dict)
     sop: dict[str, str] = field(default_factory=dict)
     study: dict[str, str] = field(default_factory=dict)
+    domain: dict[str, str] = field(default_factory=dict)  # the domain gate's reasons, ';'-joined
+    warning: dict[str, str] = field(default_factory=dict)  # a warning the row must carry
 
     def failures(self) -> dict[str, int]:
         """Failed files by reason (what a job's view shows as ``failures``)."""
@@ -61,8 +64,11 @@ class Expected:
         reasons = ", ".join(f"{reason} {number}" for reason, number in sorted(failures.items()))
         return f"failed {sum(failures.values())} ({reasons})"
 
-    def add(self, path: str, status: str, reason: str = "", sop: str = "", study: str = "") -> None:
+    def add(
+        self, path: str, status: str, reason: str = "", sop: str = "", study: str = "", domain: str = ""
+    ) -> None:
         self.outcome[path] = (status, reason)
+        self.domain[path] = domain
         if sop:
             self.sop[path] = sop
         if study:
@@ -81,6 +87,8 @@ INSTANCE_HEADER = [
     "reason",
     "model_version",
     "detail",
+    "domain_reasons",
+    "warnings",
 ]
 
 
@@ -99,6 +107,9 @@ def check_rows_against(rows: list[dict[str, str]], expected: Expected) -> None:
     for row in rows:
         path = row["path"]
         assert (row["status"], row["reason"]) == expected.outcome[path], path
+        assert row["domain_reasons"] == expected.domain.get(path, ""), path
+        if path in expected.warning:
+            assert expected.warning[path] in row["warnings"].split(";"), path
         assert row["sop_instance_uid"] == expected.sop.get(path, ""), path
         assert row["study_instance_uid"] == expected.study.get(path, ""), path
         if row["status"] == "scored":
@@ -112,9 +123,12 @@ def check_rows_against(rows: list[dict[str, str]], expected: Expected) -> None:
 
 def chest_pixels(data: Path, kind: str, index: int) -> np.ndarray[Any, Any]:
     """A real ZhangLab image (8-bit gray) as 12-bit stored values."""
-    files = sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg"))
-    gray = np.asarray(Image.open(files[index]).convert("L"), dtype=np.uint16)
-    return gray * 16
+    return film_pixels(sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg"))[index])
+
+
+def film_pixels(path: Path) -> np.ndarray[Any, Any]:
+    """An 8-bit gray film as 12-bit stored values."""
+    return np.asarray(Image.open(path).convert("L"), dtype=np.uint16) * 16
 
 
 def _dicom(pixels: np.ndarray[Any, Any], *, mono1: bool = False, **kwargs: Any) -> bytes:
@@ -174,7 +188,7 @@ def build_pacs_tree(root: Path, data: Path) -> Expected:
         (dict(), False, "scored", ""),
         (dict(transfer_syntax=RLELossless), True, "scored", ""),
         (dict(transfer_syntax=JPEG2000Lossless, view_position="AP"), False, "scored", ""),
-        (dict(view_position="LL"), False, "skipped", "lateral_view"),
+        (dict(view_position="LL"), False, "out_of_domain", "out_of_domain"),
         (dict(), False, "failed", "missing_file"),
     ]
     for number, (kwargs, mono1, status, reason) in enumerate(images, start=1):
@@ -197,13 +211,14 @@ def build_pacs_tree(root: Path, data: Path) -> Expected:
             Path(instance.path).unlink()
             expected.add(rel, status, reason)
             continue
-        expected.add(rel, status, reason, sop=str(ds.SOPInstanceUID), study=study)
+        domain = "view" if status == "out_of_domain" else ""
+        expected.add(rel, status, reason, sop=str(ds.SOPInstanceUID), study=study, domain=domain)
 
     # 2. Nested patient/study/series folders without a DICOMDIR, with and without .dcm.
     series_dir = root / "PATIENT_B" / "STUDY_20240102" / "SERIES_1"
     series_dir.mkdir(parents=True)
     study_b, series_b = generate_uid(), generate_uid()
-    files: list[tuple[str, bytes, str, str]] = []
+    files: list[tuple[str, bytes, str, str, str]] = []
     plain: list[tuple[str, dict[str, Any], bool, str]] = [
         ("IMG0001.dcm", dict(transfer_syntax=JPEGLSLossless), False, "PNEUMONIA"),
         ("IMG0002", dict(), True, "PNEUMONIA"),
@@ -211,29 +226,33 @@ def build_pacs_tree(root: Path, data: Path) -> Expected:
     ]
     for number, (name, kwargs, mono1, kind) in enumerate(plain, start=1):
         pixels = chest_pixels(data, kind, number + 10)
-        files.append(
-            (
-                name,
-                _dicom(pixels, mono1=mono1, extra=_study_fields(study_b, series_b, number), **kwargs),
-                "scored",
-                "",
-            )
-        )
+        extra = _study_fields(study_b, series_b, number) | ({"PatientAge": "045Y"} if number == 3 else {})
+        files.append((name, _dicom(pixels, mono1=mono1, extra=extra, **kwargs), "scored", "", ""))
+    # an adult's age on a frontal chest film: scored, with the population warning
+    expected.warning[series_dir.relative_to(root).joinpath("IMG0003.dcm").as_posix()] = (
+        "outside_training_population"
+    )
     truncated = _dicom(chest_pixels(data, "NORMAL", 20), extra=_study_fields(study_b, series_b, 9))
-    files.append(("IMG0009.dcm", truncated[: len(truncated) * 2 // 3], "failed", "undecodable"))
+    files.append(("IMG0009.dcm", truncated[: len(truncated) * 2 // 3], "failed", "undecodable", ""))
     ct = make_dicom(np.zeros((32, 32), np.uint16) + 100, modality="CT", **IDENTIFIERS)
-    files.append(("CT0001.dcm", ct, "skipped", "unsupported_modality"))
+    files.append(("CT0001.dcm", ct, "out_of_domain", "out_of_domain", "modality"))
     hip = _dicom(chest_pixels(data, "NORMAL", 21), body_part="HIP")
-    files.append(("HIP0001", hip, "skipped", "not_chest"))
+    files.append(("HIP0001", hip, "out_of_domain", "out_of_domain", "body_part"))
+    # a lateral film named only in the series description (ViewPosition empty)
+    lateral = _dicom(
+        chest_pixels(data, "NORMAL", 22), view_position="", extra={"SeriesDescription": "CHEST LAT"}
+    )
+    files.append(("LAT0001.dcm", lateral, "out_of_domain", "out_of_domain", "view"))
     ko = _no_pixel_object("KO", study_b, KeyObjectSelectionDocumentStorage)
     buffer = BytesIO()
     ko.save_as(buffer, enforce_file_format=True)
-    files.append(("KO0001.dcm", buffer.getvalue(), "skipped", "no_pixel_data"))
-    for name, payload, status, reason in files:
+    files.append(("KO0001.dcm", buffer.getvalue(), "skipped", "no_pixel_data", ""))
+    for name, payload, status, reason, domain in files:
         (series_dir / name).write_bytes(payload)
         ds = dcmread(BytesIO(payload), stop_before_pixels=True, force=True)
         uids = {"sop": str(ds.SOPInstanceUID), "study": str(ds.StudyInstanceUID)}  # even when refused
-        expected.add(series_dir.relative_to(root).joinpath(name).as_posix(), status, reason, **uids)
+        path = series_dir.relative_to(root).joinpath(name).as_posix()
+        expected.add(path, status, reason, domain=domain, **uids)
 
     # 3. Real chest DICOMs as they come: no File Meta (fo-dicom), JPEG baseline SC (torchxrayvision).
     real = root / "PATIENT_C" / "1"
@@ -278,20 +297,44 @@ def build_pacs_tree(root: Path, data: Path) -> Expected:
     return expected
 
 
+@functools.cache
+def scoreable_films(data: Path, kind: str, count: int) -> tuple[Path, ...]:
+    """The first ``count`` training films of ``kind`` that the shipped artifact's domain gate lets
+    through, in name order. The bulk trees are meant to be scored whole; the gate refuses about 1 in
+    400 training films (docs/domain-gate.md), which would otherwise be an unplanned row."""
+    from model.imaging import OutOfDomain
+    from model.runtime import SquidRuntime
+    from model.steps import prepare, verdict
+
+    runtime = SquidRuntime(intra_op_threads=1)
+    films: list[Path] = []
+    for path in sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg")):
+        try:
+            item = prepare(path.read_bytes(), runtime.preprocessing, 100_000_000, runtime.gate)
+            verdict(runtime.gate, item, runtime.score(item.array[None], with_map=False)[0])
+        except OutOfDomain:
+            continue
+        films.append(path)
+        if len(films) == count:
+            break
+    return tuple(films)
+
+
 def build_bulk_tree(root: Path, data: Path, count: int) -> list[str]:
     """``count`` real chest images (JPEG and 12-bit DICOM alternately) in series folders."""
     kinds = ("NORMAL", "PNEUMONIA")
+    films = {kind: scoreable_films(data, kind, (count + 1) // 2) for kind in kinds}
     paths = []
     for index in range(count):
         kind = kinds[index % 2]
         folder = root / f"P{index // 20:03d}" / f"S{index // 5:04d}"
         folder.mkdir(parents=True, exist_ok=True)
+        source = films[kind][index // 2]
         if index % 2:
             name = f"IM{index:05d}"
-            (folder / name).write_bytes(_dicom(chest_pixels(data, kind, index // 2), mono1=index % 4 == 1))
+            (folder / name).write_bytes(_dicom(film_pixels(source), mono1=index % 4 == 1))
         else:
             name = f"img{index:05d}.jpeg"
-            source = sorted((data / "zhanglab-224" / "train" / kind).glob("*.jpeg"))[index // 2]
             shutil.copyfile(source, folder / name)
         paths.append((folder / name).relative_to(root).as_posix())
     return paths

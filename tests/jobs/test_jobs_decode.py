@@ -22,11 +22,13 @@ SYNTAXES = (JPEG2000Lossless, JPEGLSLossless, RLELossless, None)
 
 
 def healthy_tree(root: Path, count: int = 8) -> list[str]:
-    """``count`` 700 px 12-bit films in four syntaxes (big enough to be decoded reduced)."""
+    """``count`` 700 px 12-bit films in four syntaxes (big enough to be decoded reduced): the sample
+    chest film with a different faint texture each, so the domain gate lets them through."""
+    from tests.service.http_support import chest_like
+
     names = []
     for index in range(count):
-        y, x = np.mgrid[0:700, 0:640]
-        pixels = ((np.sin(x / (30 + index)) + np.cos(y / 40)) * 1000 + 2048).astype(np.uint16)
+        pixels = chest_like(700, 640, top=4095, seed=index).astype(np.uint16)
         syntax = SYNTAXES[index % len(SYNTAXES)]
         name = f"IM{index:03d}.dcm"
         (root / name).write_bytes(

@@ -29,9 +29,11 @@ def test_reason_classes_cover_every_image_reason() -> None:
     from model.imaging import Reason as ImageReason
 
     assert {code.value for code in ImageReason} <= {code.value for code in Reason}
-    skipped = {"unsupported_format", "no_pixel_data", "unsupported_modality", "lateral_view", "not_chest"}
+    skipped = {"unsupported_format", "no_pixel_data", "dicomdir", "outside_root"}
     for code in Reason:
-        expected = Status.SKIPPED if code.value in skipped | {"dicomdir", "outside_root"} else Status.FAILED
+        expected = Status.SKIPPED if code.value in skipped else Status.FAILED
+        if code.value == "out_of_domain":
+            expected = Status.OUT_OF_DOMAIN
         assert status_for(code) == expected, code
 
 
@@ -181,6 +183,8 @@ def test_squid_batch_cli_without_broker(pacs_source: tuple[Path, Expected], tmp_
     assert {row["study_instance_uid"] for row in studies} == set(expected.study.values())
     scored = sum(1 for outcome in expected.outcome.values() if outcome[0] == "scored")
     assert f"scored {scored} (0 resumed)" in result.stdout
+    refused = sum(1 for outcome in expected.outcome.values() if outcome[0] == "out_of_domain")
+    assert refused == 4 and f"out of domain {refused}," in result.stdout
     assert f"{expected.failed_summary()};" in result.stdout, "the user sees why files failed"
     again = run_cli(env, "batch", str(root), "--out", str(tmp_path / "out"), "--no-progress")
     assert again.returncode == 0, again.stderr

@@ -84,7 +84,7 @@ def test_http_job_scores_every_file_of_a_pacs_export(stack: Stack) -> None:
     assert final["state"] == "succeeded", final
     outcomes = list(stack.expected.outcome.values())
     assert final["total"] == final["done"] == len(outcomes)
-    for status in ("scored", "skipped", "failed"):
+    for status in ("scored", "skipped", "out_of_domain", "failed"):
         assert final[status] == sum(1 for outcome in outcomes if outcome[0] == status), status
     assert final["failures"] == stack.expected.failures()
     assert final["started_at"] and final["finished_at"] and final["files_per_s"] > 0
@@ -301,8 +301,12 @@ def test_cancel_a_running_job(stack: Stack, shared_data: Path) -> None:
 def test_worker_metrics_reach_prometheus(stack: Stack) -> None:
     text = stack.worker.metrics()
     assert metric_value(text, "squid_batch_files_total", {"outcome": "scored"}) > 0
-    for reason in ("lateral_view", "no_pixel_data", "unsupported_format", "dicomdir", "not_chest"):
+    for reason in ("no_pixel_data", "unsupported_format", "dicomdir"):
         assert metric_value(text, "squid_batch_files_total", {"outcome": "skipped", "reason": reason}) > 0
+    for reason in ("view", "modality", "body_part"):  # the domain gate's reasons, one series each
+        assert (
+            metric_value(text, "squid_batch_files_total", {"outcome": "out_of_domain", "reason": reason}) > 0
+        )
     for reason in ("undecodable", "empty_image", "missing_file"):
         assert metric_value(text, "squid_batch_files_total", {"outcome": "failed", "reason": reason}) > 0
     assert metric_value(text, "squid_batch_tasks_total", {"task": "chunk", "outcome": "succeeded"}) > 0

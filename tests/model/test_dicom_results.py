@@ -34,7 +34,7 @@ from model.dicom_results import codes as sr_codes
 from model.dicom_results.identity import MANUFACTURER, NOT_FOR_DIAGNOSTIC_USE
 from model.dicom_results.sc import MAX_SIDE, MIN_WIDTH, burn_in, caption, overlay
 from model.heatmap import overlay_png
-from model.imaging import DecodedImage, ImageRejected, read_image
+from model.imaging import HEADER_RULES, DecodedImage, ImageRejected, read_image
 from model.runtime import ScoreResult, SquidRuntime
 from tests.service.http_support import chest_like
 
@@ -53,7 +53,7 @@ def model(runtime: SquidRuntime) -> ModelInfo:
 
 
 def score(runtime: SquidRuntime, data: bytes, gates: bool = True) -> tuple[DecodedImage, ScoreResult]:
-    decoded = read_image(data, enforce_gates=gates)
+    decoded = read_image(data, header_rules=HEADER_RULES if gates else ())
     return decoded, runtime.score(runtime.preprocessing(decoded.pixels)[None])[0]
 
 

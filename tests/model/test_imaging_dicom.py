@@ -28,7 +28,15 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from model.imaging import DecodedImage, ImageInfo, ImageRejected, read_image, read_path
+from model.imaging import (
+    HEADER_RULES,
+    DecodedImage,
+    ImageInfo,
+    ImageRejected,
+    OutOfDomain,
+    read_image,
+    read_path,
+)
 from model.imaging.detect import detect_format, looks_like_bare_dicom
 from model.imaging.privacy import REDACTED, Scrubber
 from service.errors import image_status
@@ -44,16 +52,16 @@ def wg04(image: str, codec: str) -> str:
 
 
 # relative path -> (outcome with gates on, outcome with gates off); None means it decodes.
-# WG04 images are a hip (RG2) and an extremity (RG3): refused as not_chest before any decode.
+# WG04 images are a hip (RG2) and an extremity (RG3): out of domain (body_part) before any decode.
 # The two JPLY originals are known-bad (a scan header that pydicom's plugins refuse, libjpeg error
 # -1038); libjpeg-turbo, like DCMTK and GDCM, reads them.
 EXPECTED: dict[str, tuple[str | None, str | None]] = {
     FO_CHEST: (None, None),
     HIGHDICOM: (None, None),
-    JPLY_FIXED: ("not_chest", None),
+    JPLY_FIXED: ("out_of_domain", None),
     TXV: (None, None),
     TXV_MONO1: (None, None),
-    **{wg04(image, codec): ("not_chest", None) for image in ("RG2", "RG3") for codec in WG04_CODECS},
+    **{wg04(image, codec): ("out_of_domain", None) for image in ("RG2", "RG3") for codec in WG04_CODECS},
 }
 
 
@@ -68,7 +76,7 @@ def dicom_dir(shared_data: Path) -> Path:
 @functools.cache
 def decoded(path: Path) -> DecodedImage:
     """Each real file is decoded once per session (gates off: decoding is what is tested)."""
-    return read_path(path, enforce_gates=False)
+    return read_path(path, header_rules=())
 
 
 def stored_pixels(path: Path) -> NDArray[np.float64]:
@@ -102,6 +110,13 @@ def rejected(data: bytes, **kwargs: object) -> ImageRejected:
     return info.value
 
 
+def refused(data: bytes, **kwargs: object) -> list[str]:
+    """The domain gate's header reasons for ``data`` (it must be refused as out of domain)."""
+    error = rejected(data, **kwargs)
+    assert isinstance(error, OutOfDomain) and (error.reason, image_status(error)) == ("out_of_domain", 422)
+    return error.reasons
+
+
 # --- real files ---------------------------------------------------------------------------------
 
 
@@ -121,8 +136,10 @@ def test_shared_dicom_decodes_or_is_rejected_for_the_right_reason(
     expected = EXPECTED[relative][0 if gates else 1]
     if expected is not None:
         with pytest.raises(ImageRejected) as info:
-            read_path(path, enforce_gates=gates)
+            read_path(path, header_rules=HEADER_RULES if gates else ())
         assert info.value.reason == expected
+        if expected == "out_of_domain":
+            assert isinstance(info.value, OutOfDomain) and info.value.reasons == ["body_part"]
         assert image_status(info.value) == 422
         return
     image = decoded(path) if not gates else read_path(path)
@@ -543,7 +560,7 @@ def test_header_only_image_cut_short_is_still_undecodable(cut: int) -> None:
 
 @pytest.mark.parametrize("modality", ["CT", "MR", "US", "MG"])
 def test_non_radiograph_modalities_are_refused(modality: str) -> None:
-    assert rejected(small(modality=modality)).reason == "unsupported_modality"
+    assert refused(small(modality=modality)) == ["modality"]
 
 
 @pytest.mark.parametrize("modality", ["CR", "DX", "DR", "RG", "OT", "SC", "dx", None])
@@ -556,7 +573,7 @@ def test_radiograph_modalities_and_missing_modality_are_accepted(modality: str |
     "view", ["LL", "RL", "LATERAL", "LLD", "RLD", "LLO", "RLO", "lat", "LEFT LATERAL", "RL "]
 )
 def test_lateral_views_are_refused(view: str) -> None:
-    assert rejected(small(view_position=view)).reason == "lateral_view"
+    assert refused(small(view_position=view)) == ["view"]
 
 
 @pytest.mark.parametrize(
@@ -581,14 +598,13 @@ def test_frontal_and_unknown_views_are_accepted(view: str | None, finding: str |
 def test_lateral_named_only_in_view_code_sequence_or_body_part_is_refused() -> None:
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "399198007", "SCT", "lateral"
-    assert rejected(small(view_position=None, extra={"ViewCodeSequence": [code]})).reason == ("lateral_view")
-    assert rejected(small(view_position="", body_part="CHEST_LAT")).reason == "lateral_view"
+    assert refused(small(view_position=None, extra={"ViewCodeSequence": [code]})) == ["view"]
+    assert refused(small(view_position="", body_part="CHEST_LAT")) == ["view"]
 
 
 @pytest.mark.parametrize("part", ["KNEE", "HIP", "EXTREMITY", "ABDOMEN", "SKULL", "CHESTABDOMEN"])
 def test_other_body_parts_are_refused(part: str) -> None:
-    error = rejected(small(body_part=part))
-    assert (error.reason, image_status(error)) == ("not_chest", 422)
+    assert refused(small(body_part=part)) == ["body_part"]
 
 
 @pytest.mark.parametrize(
@@ -602,8 +618,8 @@ def test_chest_and_missing_body_parts_are_accepted(part: str | None) -> None:
 def test_gates_run_before_decoding() -> None:
     """A refused object is refused for what it is, even when its pixels are broken."""
     data = small(body_part="KNEE")
-    assert rejected(data[:-20]).reason == "not_chest"
-    assert rejected(data[:-20], enforce_gates=False).reason == "undecodable"
+    assert refused(data[:-20]) == ["body_part"]
+    assert rejected(data[:-20], header_rules=()).reason == "undecodable"
 
 
 def test_size_limits() -> None:

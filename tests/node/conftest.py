@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import DigitalXRayImageStorageForPresentation
 
+from tests.jobs.jobs_support import REPO_ROOT
 from tests.net_support import free_port
 from tests.node.orthanc_support import NodeProcess
 
@@ -15,8 +18,17 @@ SENDERS = ("STORESCU", "ECHOSCU")  # the calling AE titles the launched nodes al
 
 
 @pytest.fixture
-def dx_file(shared_data: Path) -> Path:
-    return shared_data / "dicom" / "highdicom" / "dx_image.dcm"
+def dx_file(tmp_path: Path) -> Path:
+    """A real frontal chest film as a DX instance (the repository's sample CR, relabelled): what the
+    domain gate lets through. (The highdicom DX in the shared data is a dog's thorax, which the gate
+    rightly refuses: tests/node/test_node_orthanc.py sends it as an out-of-domain image.)"""
+    ds = dcmread(REPO_ROOT / "samples" / "normal-IM-0372-0001-MONOCHROME1.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.Modality = "DX"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    path = tmp_path / "chest-dx.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 @pytest.fixture

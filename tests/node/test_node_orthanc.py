@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, generate_uid
 
 from model.dicom_results import codes as sr_codes
 from tests.dicom_results_support import sr_content
@@ -241,3 +241,49 @@ def test_results_go_back_by_stow_rs(
     wait_for(lambda: len(orthanc.study_instances(study_uid)) == 2, WAIT_S, "SR and SC stored by STOW-RS")
     assert len(results_of(orthanc, study_uid, SR_CLASS)) == 1
     assert node.metric("squid_node_objects_sent_total", {"destination": "stow"}) == 2
+
+
+def test_out_of_domain_images_get_no_result_object_and_are_counted(
+    tmp_path: Path, orthanc: Orthanc, launch: Callable[..., NodeProcess], dx_file: Path, shared_data: Path
+) -> None:
+    """A CT slice stored as secondary capture (Modality CT) and a real DX that is no chest film (a
+    dog's thorax) reach the node beside a chest film: only the chest film gets an SR and SC; the
+    others get no object that could read as "normal", a row saying why, and a metric."""
+    from pydicom.data import get_testdata_file
+    from pynetdicom import AE
+
+    ct = dcmread(get_testdata_file("CT_small.dcm"))
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dog = dcmread(shared_data / "dicom" / "highdicom" / "dx_image.dcm")
+    chest = dcmread(dx_file)
+    node = launch(SQUID_DICOM_QUIET_SECONDS="2")
+    ae = AE(ae_title="STORESCU")
+    for ds in (ct, dog, chest):
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    assert [int(assoc.send_c_store(ds).Status) for ds in (ct, dog, chest)] == [0, 0, 0]
+    assoc.release()
+    chest_study = str(chest.StudyInstanceUID)
+    wait_for(lambda: len(orthanc.study_instances(chest_study)) == 2, WAIT_S, "the chest film's SR and SC")
+    wait_for(
+        lambda: node.metric("squid_node_images_scored_total", {"outcome": "out_of_domain"}) == 2,
+        WAIT_S,
+        "two images counted out of domain",
+    )
+    assert orthanc.study_instances(str(ct.StudyInstanceUID)) == []
+    assert orthanc.study_instances(str(dog.StudyInstanceUID)) == []
+    assert node.metric("squid_node_objects_sent_total") == 2
+    rows = {
+        row["sop_instance_uid"]: row
+        for path in (tmp_path / "node" / "results" / "node").glob("*/instances.jsonl")
+        for row in map(json.loads, path.read_text().splitlines())
+    }
+    assert rows[str(ct.SOPInstanceUID)]["status"] == "out_of_domain"
+    assert rows[str(ct.SOPInstanceUID)]["domain_reasons"] == ["modality"]
+    assert rows[str(dog.SOPInstanceUID)]["domain_reasons"] == ["not_a_chest_radiograph"]
+    assert (
+        rows[str(ct.SOPInstanceUID)]["score"] is None and rows[str(ct.SOPInstanceUID)]["is_anomalous"] is None
+    )
+    assert rows[str(chest.SOPInstanceUID)]["status"] == "scored"
+    assert "not assessed" in node.log()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -97,22 +98,35 @@ def serving(log_path: Path, **settings: str) -> Iterator[Server]:
 
 def local_score(runtime: SquidRuntime, data: bytes) -> float:
     """The score the shared pipeline gives in-process (what the server must match exactly)."""
-    results, _ = infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000)])
+    results, _ = infer(runtime, [prepare(data, runtime.preprocessing, 100_000_000, runtime.gate)])
     return results[0].score
 
 
 # --- image helpers ---------------------------------------------------------------------------------
 
 
+SAMPLE_FILM = Path(__file__).resolve().parents[2] / "samples" / "normal-IM-0372-0001.jpeg"
+
+
+@functools.cache
+def _sample_film() -> NDArray[np.float64]:
+    return np.asarray(Image.open(SAMPLE_FILM).convert("L"), dtype=np.float64) / 255.0
+
+
 def chest_like(rows: int = 320, columns: int = 288, top: int = 4095, seed: int = 0) -> NDArray[np.int64]:
-    """An asymmetric smooth pattern with texture covering 0..top (flips and inversions show)."""
+    """The repository's sample chest film at ``rows`` x ``columns``, covering 0..top, with a faint
+    seeded texture (so seeds differ). A real film, so it passes the domain gate's image check, and
+    asymmetric (the heart), so flips and inversions show."""
     rng = np.random.default_rng(seed)
+    film = Image.fromarray(_sample_film().astype(np.float32)).resize(
+        (columns, rows), Image.Resampling.BILINEAR
+    )
     y, x = np.mgrid[0:rows, 0:columns]
     pattern = (
-        np.sin(x / 17.0 + seed)
-        + 0.6 * np.cos(y / 11.0)
-        + (x * y) / (rows * columns)
-        + 0.25 * rng.random((rows, columns))
+        np.asarray(film, dtype=np.float64)
+        + 0.04 * np.sin(x / 17.0 + seed)
+        + 0.03 * (x * y) / (rows * columns)
+        + 0.02 * rng.random((rows, columns))
     )
     pattern = (pattern - pattern.min()) / np.ptp(pattern)
     return np.rint(pattern * top).astype(np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import Any
 
 import httpx
 import pytest
@@ -45,10 +46,11 @@ def dicom_bytes() -> bytes:
     return make_dicom(chest_like(top=4095), bits_stored=12, window=(2048, 4096))
 
 
-def error_of(response: httpx.Response) -> dict[str, str]:
+def error_of(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"reason", "detail"}, body
+    extra = {"reasons", "warnings"} if body["error"].get("reason") == "out_of_domain" else set()
+    assert set(body["error"]) == {"reason", "detail"} | extra, body
     return body["error"]
 
 
@@ -187,18 +189,23 @@ def test_request_errors_have_a_reason_and_status(
     [
         ({"modality": "SR", "pixels": None, "with_pixels": False}, "no_pixel_data"),
         ({"modality": "DX", "pixels": None, "with_pixels": False}, "no_pixel_data"),
-        ({"modality": "CT"}, "unsupported_modality"),
-        ({"view_position": "LL"}, "lateral_view"),
-        ({"body_part": "KNEE"}, "not_chest"),
+        ({"modality": "CT"}, "modality"),
+        ({"view_position": "LL"}, "view"),
+        ({"body_part": "KNEE"}, "body_part"),
+        ({"view_position": "", "extra": {"SeriesDescription": "CHEST LAT"}}, "view"),
+        ({"view_position": None, "extra": {"ProtocolName": "Thorax lateral"}}, "view"),
     ],
 )
 def test_input_checks_are_422_with_their_reason(
     client: httpx.Client, dicom_kwargs: dict, reason: str
 ) -> None:
+    """Objects without pixels are refused as such; header rules of the domain gate name their reason
+    under ``out_of_domain`` (today's lateral_view / unsupported_modality / not_chest)."""
     pixels = dicom_kwargs.pop("pixels", chest_like(64, 64))
     response = client.post("/score", files={"file": ("a", make_dicom(pixels, **dicom_kwargs))})
     assert response.status_code == 422
-    assert error_of(response)["reason"] == reason
+    error = error_of(response)
+    assert reason in (error["reason"], *error.get("reasons", []))
 
 
 def test_truncated_compressed_dicom_is_undecodable_and_names_the_syntax(client: httpx.Client) -> None:
@@ -349,6 +356,8 @@ def test_metrics_exposition(server: Server, client: httpx.Client, dicom_bytes: b
         "squid_inference_batch_size_bucket",
         "squid_anomaly_score_bucket",
         "squid_rejections_total",
+        "squid_out_of_domain_total",
+        "squid_domain_warnings_total",
         "squid_model_info",
         "squid_model_ready",
     ):
@@ -359,7 +368,8 @@ def test_metrics_exposition(server: Server, client: httpx.Client, dicom_bytes: b
 
     assert delta("squid_http_requests_total", {"endpoint": "/score", "method": "POST", "status": "200"}) == 1
     assert delta("squid_http_requests_total", {"endpoint": "/score", "method": "POST", "status": "422"}) == 1
-    assert delta("squid_rejections_total", {"reason": "lateral_view"}) == 1
+    assert delta("squid_rejections_total", {"reason": "out_of_domain"}) == 1
+    assert delta("squid_out_of_domain_total", {"reason": "view"}) == 1
     assert delta("squid_decode_duration_seconds_count", {"format": "dicom"}) == 1
     version = httpx.get(f"{server.url}/readyz").json()["model_version"]
     assert delta("squid_anomaly_score_count", {"model_version": version}) == 1

@@ -95,16 +95,55 @@ def test_upload_shows_score_label_and_overlay(browser, server: Server, xray: Pat
     assert browser.save_screenshot(str(target))
 
 
-def test_rejections_are_shown_with_their_reason(browser, server: Server, tmp_path: Path) -> None:
+def test_out_of_domain_inputs_are_shown_as_not_assessed(browser, server: Server, tmp_path: Path) -> None:
+    """A lateral film (by its header) and a CT slice exported as PNG (by the image check): the page
+    says not assessed and why, and shows no score and no label."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.data import get_testdata_file
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from model.imaging import read_path
+
     lateral = tmp_path / "lateral.dcm"
     lateral.write_bytes(make_dicom(chest_like(64, 64), view_position="LL"))
+    ct = read_path(str(get_testdata_file("CT_small.dcm")), header_rules=()).pixels
+    ct_png = tmp_path / "ct-slice.png"
+    Image.fromarray(((ct - ct.min()) / np.ptp(ct) * 255).astype(np.uint8)).save(ct_png)
     browser.get(server.url + "/")
-    browser.find_element(By.ID, "file").send_keys(str(lateral))
-    WebDriverWait(browser, 60).until(lambda d: "lateral view" in d.find_element(By.ID, "status").text)
-    assert not browser.find_element(By.ID, "result").is_displayed()
+    for upload, reason, words in (
+        (lateral, "view", "lateral or oblique"),
+        (ct_png, "not_a_chest_radiograph", "does not look like a frontal chest radiograph"),
+    ):
+        browser.find_element(By.ID, "file").send_keys(str(upload))
+        WebDriverWait(browser, 60).until(
+            lambda d, n=upload.name: f"Not assessed: {n}" in d.find_element(By.ID, "status").text
+        )
+        refusal = browser.find_element(By.ID, "refusal")
+        assert refusal.is_displayed() and words in refusal.text
+        items = refusal.find_elements(By.CSS_SELECTOR, "#refusal-reasons li")
+        assert [item.get_attribute("data-reason") for item in items] == [reason]
+        assert not browser.find_element(By.ID, "result").is_displayed()
+    if os.environ.get("SQUID_SCREENSHOT"):
+        browser.save_screenshot(str(Path(os.environ["SQUID_SCREENSHOT"]).with_name("web-page-refusal.png")))
+
+
+def test_an_adult_film_is_scored_with_the_population_warning(browser, server: Server, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    adult = tmp_path / "adult.dcm"
+    adult.write_bytes(make_dicom(chest_like(256, 224), bits_stored=12, extra={"PatientAge": "045Y"}))
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 60).until(lambda d: "loading" not in d.find_element(By.ID, "model-line").text)
+    browser.find_element(By.ID, "file").send_keys(str(adult))
+    WebDriverWait(browser, 60).until(lambda d: "Scored adult.dcm" in d.find_element(By.ID, "status").text)
+    warning = browser.find_element(By.ID, "population-warning")
+    assert warning.is_displayed()
+    assert "outside the model's training population (patients aged 1 to 5 years)" in warning.text
+    assert browser.find_element(By.ID, "label").text in ("Normal", "Anomalous")
+    assert not browser.find_element(By.ID, "refusal").is_displayed()
 
 
 def test_a_protected_server_takes_the_key_as_basic_credentials(

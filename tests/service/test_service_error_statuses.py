@@ -10,11 +10,9 @@ def test_every_reason_has_its_status() -> None:
     assert {reason.value: IMAGE_STATUS[reason.value] for reason in Reason} == {
         "unsupported_format": 415,
         "no_pixel_data": 422,
-        "unsupported_modality": 422,
-        "lateral_view": 422,
-        "not_chest": 422,
+        "out_of_domain": 422,
         "undecodable": 422,
         "image_too_large": 422,
         "empty_image": 422,
     }
-    assert image_status(ImageRejected("lateral_view", "x")) == 422
+    assert image_status(ImageRejected("out_of_domain", "x")) == 422

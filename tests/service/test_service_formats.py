@@ -63,7 +63,8 @@ def test_png_monochrome2_and_monochrome1_dicom_of_one_picture_score_the_same(
     ("name", "dicom_kwargs", "stored", "picture"),
     [
         ("rescale slope/intercept", {"rescale": (2.5, -1000.0)}, lambda v: v, lambda v: v),
-        ("negative rescale slope", {"rescale": (-1.0, 4095.0)}, lambda v: v, lambda v: 4095 - v),
+        # stored inverted, so the picture is an upright film (an inverted one is out of domain)
+        ("negative rescale slope", {"rescale": (-1.0, 4095.0)}, lambda v: 4095 - v, lambda v: v),
         ("signed pixels", {"signed": True}, lambda v: v - 2048, lambda v: v),
         (
             "MONOCHROME1 + INVERSE",
@@ -85,7 +86,7 @@ def test_dicom_header_cases_score_like_the_png_of_their_picture(
 
 
 def test_voi_lut_sequence_is_applied(client: httpx.Client, local_runtime: SquidRuntime) -> None:
-    v = chest_like(top=4095, seed=5)
+    v = 4095 - chest_like(top=4095, seed=5)  # stored inverted: the inverting LUT shows it upright
     lut = [min(4095, 4095 - 2 * i) if i < 2048 else 0 for i in range(4096)]  # inverting, clipped
     data = make_dicom(v, bits_stored=12, window=(100, 50), voi_lut_sequence=(0, 16, lut))
     body = post(client, data, preview="true")
@@ -169,8 +170,15 @@ def test_png_modes_give_the_gray_picture(
 
 
 def test_coloured_and_transparent_pngs_are_flagged(client: httpx.Client, gray8: NDArray[np.uint8]) -> None:
+    """A coloured picture is no radiograph (the domain gate's color_image); transparency is a warning."""
     tinted = np.dstack([gray8, (gray8 * 0.6).astype(np.uint8), np.zeros_like(gray8)])
-    assert "color_converted_to_gray" in post(client, encode(Image.fromarray(tinted)))["warnings"]
+    response = client.post(
+        "/score", content=encode(Image.fromarray(tinted)), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["reason"], error["reasons"]) == ("out_of_domain", ["color_image"])
+    assert "color_converted_to_gray" in error["warnings"]
     holes = np.dstack([gray8, gray8, gray8, np.where(gray8 > 128, 255, 0).astype(np.uint8)])
     assert "alpha_channel_ignored" in post(client, encode(Image.fromarray(holes)))["warnings"]
 

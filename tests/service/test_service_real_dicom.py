@@ -24,14 +24,16 @@ def wg04(image: str, codec: str) -> str:
     return f"wg04/{codec}/{image}_{'UNC' if codec == 'REF' else codec}.dcm"
 
 
-# relative path -> None (scored) or the rejection reason. WG04 images are a hip and an extremity.
-EXPECTED: dict[str, str | None] = {
+# relative path -> None (scored) or the domain gate's reasons. WG04 images are a hip and an
+# extremity (their headers say so); the highdicom DX is a dog's thorax, and Fake_MONOHR1 is a chest
+# film relabelled MONOCHROME1, so it displays inverted: neither looks like a frontal chest film.
+EXPECTED: dict[str, list[str] | None] = {
     FO_CHEST: None,
-    HIGHDICOM: None,
+    HIGHDICOM: ["not_a_chest_radiograph"],
     TXV: None,
-    TXV_MONO1: None,
-    JPLY_FIXED: "not_chest",
-    **{wg04(image, codec): "not_chest" for image in ("RG2", "RG3") for codec in WG04_CODECS},
+    TXV_MONO1: ["not_a_chest_radiograph"],
+    JPLY_FIXED: ["body_part"],
+    **{wg04(image, codec): ["body_part"] for image in ("RG2", "RG3") for codec in WG04_CODECS},
 }
 
 
@@ -65,25 +67,28 @@ def test_shared_dicom_over_http(
         assert body["is_anomalous"] == (body["score"] >= body["threshold"])
     else:
         assert response.status_code == 422, response.text
-        assert response.json()["error"]["reason"] == expected
+        error = response.json()["error"]
+        assert (error["reason"], error["reasons"]) == ("out_of_domain", expected)
+        assert "score" not in response.json() and "is_anomalous" not in response.json()
 
 
 @pytest.mark.data
 @pytest.mark.parametrize("image", ["RG2", "RG3"])
-def test_wg04_12_bit_lossy_jpeg_originals_labelled_chest_are_scored(
-    client: httpx.Client, local_runtime: SquidRuntime, dicom_dir: Path, image: str
+def test_wg04_12_bit_lossy_jpeg_originals_labelled_chest_are_decoded_and_judged(
+    client: httpx.Client, dicom_dir: Path, image: str
 ) -> None:
     """The WG04 JPLY originals, which pydicom's plugins refuse (a scan header libjpeg rejects), are
-    read by libjpeg-turbo as DCMTK and GDCM read them: relabelled as a chest, they are scored."""
+    read by libjpeg-turbo as DCMTK and GDCM read them: relabelled as a chest, they pass the header
+    rules, decode, and the image check sees what they are (a hip, an extremity)."""
     ds = dcmread(dicom_dir / wg04(image, "JPLY"), force=True)
     ds.BodyPartExamined = "CHEST"
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     response = client.post("/score", files={"file": ("a.dcm", buffer.getvalue())})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["score"] == local_score(local_runtime, buffer.getvalue())
-    assert "lossy_compressed" in body["warnings"]
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["reason"], error["reasons"]) == ("out_of_domain", ["not_a_chest_radiograph"])
+    assert "lossy_compressed" in error["warnings"]
 
 
 @pytest.mark.data

@@ -66,7 +66,7 @@ def test_the_worklist_ranks_the_job_studies_flagged_first(stack: Stack, job: dic
         assert inside == sorted(inside, reverse=True)
     assert studies[-1]["status"] == "skipped" and studies[-1]["reasons"] == ["unsupported_format"]
     last = by_accession[stack.studies[-1].accession]
-    assert (last["images"], last["scored"], last["reasons"]) == (3, 2, ["lateral_view"])
+    assert (last["images"], last["scored"], last["reasons"]) == (3, 2, ["out_of_domain"])  # the lateral
     assert last["study_date"] == "2026-12-06"
     assert last["patient_name"] is None and last["patient_id"] is None  # off by default
     assert page["total"] == len(studies)
@@ -84,7 +84,7 @@ def test_a_study_opens_with_its_images_and_pictures(stack: Stack, job: dict[str,
         view = http.get(scored[0]["view_url"]).json()
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
     assert max(Image.open(io.BytesIO(thumb.content)).size) == 96
-    assert [image["status"] for image in detail["images"]] == ["scored", "scored", "skipped"]
+    assert [image["status"] for image in detail["images"]] == ["scored", "scored", "out_of_domain"]
     assert scored[0]["score"] == row["score"] == pytest.approx(view["score"], abs=1e-9)
     source = stack.import_root / "ward-3" / scored[0]["path"]
     assert view["score"] == pytest.approx(local_score(runtime, source.read_bytes()), abs=1e-9)

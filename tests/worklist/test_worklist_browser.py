@@ -83,7 +83,7 @@ def test_a_job_ranked_opened_and_a_node_study_found(
     job_row = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-body tr[data-state=succeeded]"))[0]
     bar = job_row.find_element(By.CSS_SELECTOR, "[role=progressbar]")
     assert bar.get_attribute("aria-valuenow") == bar.get_attribute("aria-valuemax") == "9"
-    assert "7 scored · 2 skipped · 0 failed of 9" in job_row.text
+    assert "7 scored · 1 skipped · 1 out of domain · 0 failed of 9" in job_row.text
     assert {a.text for a in job_row.find_elements(By.CSS_SELECTOR, "a")} == {"CSV", "DICOM"}
 
     # The worklist shows the job's studies, the most suspicious first.

@@ -17,7 +17,7 @@ from service.jobs.celery_app import FINALIZE_TASK, app
 from service.jobs.heartbeat import holder_of, new_token
 from service.jobs.recovery import send_again
 from service.jobs.rows import Row, Status
-from service.jobs.state import ACTIVE_STATES, FAILED, now_iso
+from service.jobs.state import ACTIVE_STATES, COUNT_KEYS, FAILED, now_iso
 from service.jobs.storage import RESULTS_DISK_FULL, describe, storage_reason
 from service.jobs.worker_redis import job_state
 from service.settings import get_settings
@@ -51,7 +51,7 @@ def send_finalize(job_id: str) -> None:
 
 def count(rows: list[Row]) -> dict[str, Any]:
     """A chunk's stored counts from its rows, with ``failures`` (failed rows by reason)."""
-    counts: dict[str, Any] = dict.fromkeys(("scored", "resumed", "skipped", "failed"), 0)
+    counts: dict[str, Any] = dict.fromkeys(COUNT_KEYS, 0)
     failures: dict[str, int] = {}
     for row in rows:
         counts[row.status] += 1
