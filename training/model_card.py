@@ -111,6 +111,8 @@ AUC there). {extra.get("test_note", "")}
 
 {extra.get("comparison", "")}
 
+{extra.get("structural", "")}
+
 ## The heatmap
 {heatmap}
 
@@ -127,6 +129,8 @@ AUC there). {extra.get("test_note", "")}
 - "Anomalous" means unlike the training normals, not a specific finding; pneumonia was the only
   abnormality available for validation.
 - The discriminator signal varies between epochs; retraining with another seed gives another model.
+- It does not see structural anomalies: a mirrored film, a coin in a lung, a lucent or an opaque lung
+  region score like the same film unaltered (AUC 0.46-0.56 on the structural benchmark above).
 """
 
 
